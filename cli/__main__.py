@@ -1,0 +1,5 @@
+"""``python -m pygrid.cli``: the same as the ``pygrid`` command."""
+
+from pygrid.cli import main
+
+main()

@@ -1,0 +1,216 @@
+"""``pygrid node`` and ``pygrid network``: start a server in the foreground under gunicorn.
+
+Options take PyGrid's documented names in both spellings (``--num_replicas`` and
+``--num-replicas``) and the documented environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pygrid.config import AppKind
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", "--data_dir", envvar="PYGRID_DATA_DIR",
+        help="Folder for the SQLite database, blobs and secret key [default: ~/.pygrid/<app>/<id>].",
+        show_default=False,
+    ),
+]
+StartLocalDb = Annotated[
+    bool,
+    typer.Option(
+        "--start_local_db", "--start-local-db",
+        help="Use the embedded SQLite database in the data dir (the default; overrides DATABASE_URL).",
+    ),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", "--database_url", envvar="DATABASE_URL",
+        help="SQLAlchemy URL of the database, e.g. postgresql://user:pw@host/db [default: SQLite].",
+        show_default=False,
+    ),
+]
+BlobUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--blob-url", "--blob_url", envvar="PYGRID_BLOB_URL",
+        help="Blob store: a folder or s3://bucket/prefix [default: <data-dir>/blobs].",
+        show_default=False,
+    ),
+]
+OwnerEmail = Annotated[
+    str | None,
+    typer.Option(
+        "--owner-email", "--owner_email", envvar="PYGRID_OWNER_EMAIL",
+        help="Email of the Owner created at first start (password: PYGRID_OWNER_PASSWORD or a prompt).",
+        show_default=False,
+    ),
+]
+Threads = Annotated[int, typer.Option("--threads", help="Threads per replica.")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``message`` as one line on stderr; the caller raises the returned Exit(1)."""
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _settings(values: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from pygrid.config import ServerSettings, default_data_dir
+
+    values = {k: v for k, v in values.items() if v is not None}
+    values.setdefault("data_dir", default_data_dir(values["app"], values["id"]))
+    try:
+        return ServerSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise fail(f"invalid option: {problems}") from None
+
+
+def _owner_credentials(settings: Any) -> tuple[str, str, Path | None]:
+    """Email and password for a new Owner; a generated password is written to a 0600 file."""
+    email = settings.owner_email or f"owner@{settings.id}.pygrid.local"
+    if settings.owner_password:
+        return email, settings.owner_password.get_secret_value(), None
+    if sys.stdin.isatty():
+        password = typer.prompt(f"Password for the Owner {email}", hide_input=True, confirmation_prompt=True)
+        return email, password, None
+    password = secrets.token_urlsafe(18)
+    path = settings.data_dir / "owner-credentials.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"email": email, "password": password}, handle)
+    return email, password, path
+
+
+def run_server(app: AppKind, values: dict[str, Any]) -> None:
+    """Validate, prepare (data dir, database, migrations, secret, Owner), then serve."""
+    from sqlalchemy.orm import Session
+
+    from pygrid import users
+    from pygrid.errors import PyGridError
+    from pygrid.serve import PortInUse, check_port_free, prepare_metrics_dir, serve
+    from pygrid.server.bootstrap import StartupError, prepare
+
+    settings = _settings({"app": app, **values})
+    try:
+        check_port_free(settings.host, settings.port)
+        prepared = prepare(settings)
+    except (PortInUse, StartupError) as exc:
+        raise fail(str(exc)) from None
+    with Session(prepared.engine) as session:
+        if not users.owner_exists(session):
+            email, password, written_to = _owner_credentials(settings)
+            try:
+                users.ensure_owner(session, email, password)
+            except PyGridError as exc:
+                raise fail(f"cannot create the Owner: {exc.message}") from None
+            where = f"; password written to {written_to} (0600)" if written_to else ""
+            typer.echo(f"Created the Owner {email}{where}", err=True)
+    prepared.engine.dispose()
+    prepare_metrics_dir(settings)
+    typer.echo(f"PyGrid {app} {settings.id!r} on http://{settings.host}:{settings.port}", err=True)
+    serve(settings, _factory(app))
+
+
+def _factory(app: AppKind) -> Any:
+    def factory(settings: Any) -> Any:
+        if app is AppKind.node:
+            from pygrid.apps.node import create_app
+        else:
+            from pygrid.apps.network import create_app
+        return create_app(settings)
+
+    return factory
+
+
+def node(
+    port: Annotated[
+        int, typer.Option("-p", "--port", envvar="GRID_NODE_PORT", help="Port to listen on.")
+    ] = 5000,
+    host: Annotated[
+        str, typer.Option("--host", envvar="GRID_NODE_HOST", help="Address to bind (0.0.0.0 for all).")
+    ] = "127.0.0.1",
+    num_replicas: Annotated[
+        int,
+        typer.Option(
+            "--num_replicas", "--num-replicas", envvar="NUM_REPLICAS",
+            help="Server processes sharing the database and blob store.",
+        ),
+    ] = 1,
+    node_id: Annotated[str, typer.Option("--id", envvar="NODE_ID", help="This Node's id.")] = "default",
+    start_local_db: StartLocalDb = False,
+    network: Annotated[
+        str | None,
+        typer.Option("--network", envvar="NETWORK", help="URL of a Network to join.", show_default=False),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+    owner_email: OwnerEmail = None,
+    threads: Threads = 8,
+) -> None:
+    """Run a Node: model-centric FL processes and private datasets. SECRET_KEY is read from the
+    environment (else generated once and kept in the data dir)."""
+    run_server(
+        AppKind.node,
+        {
+            "port": port, "host": host, "num_replicas": num_replicas, "id": node_id,
+            "network_url": network, "data_dir": data_dir, "threads": threads,
+            "database_url": None if start_local_db else database_url, "blob_url": blob_url,
+            **_env_secrets(owner_email),
+        },
+    )
+
+
+def network(
+    port: Annotated[
+        int, typer.Option("-p", "--port", envvar="GRID_NETWORK_PORT", help="Port to listen on.")
+    ] = 7000,
+    host: Annotated[
+        str,
+        typer.Option("--host", envvar="GRID_NETWORK_HOST", help="Address to bind (0.0.0.0 for all)."),
+    ] = "127.0.0.1",
+    network_id: Annotated[
+        str, typer.Option("--id", envvar="NETWORK_ID", help="This Network's id.")
+    ] = "network",
+    start_local_db: StartLocalDb = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+    owner_email: OwnerEmail = None,
+    threads: Threads = 8,
+) -> None:
+    """Run a Network: the registry of Nodes, search and routing. SECRET_KEY is read from the
+    environment (else generated once and kept in the data dir)."""
+    run_server(
+        AppKind.network,
+        {
+            "port": port, "host": host, "id": network_id, "data_dir": data_dir, "threads": threads,
+            "database_url": None if start_local_db else database_url, "blob_url": blob_url,
+            **_env_secrets(owner_email),
+        },
+    )
+
+
+def _env_secrets(owner_email: str | None) -> dict[str, Any]:
+    # Secrets come from the environment only: a command line is visible to every local user.
+    return {
+        "owner_email": owner_email,
+        "owner_password": os.environ.get("PYGRID_OWNER_PASSWORD") or None,
+        "secret_key": os.environ.get("SECRET_KEY") or None,
+    }

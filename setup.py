@@ -1,0 +1,104 @@
+"""Packaging for PyGrid: several top-level folders ship as ONE import package, ``pygrid``.
+
+``package_dir`` maps each folder into the ``pygrid`` namespace so that no top-level ``cli`` or
+``apps`` module is ever importable from site-packages (DESIGN.md section 2).
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    """Read ``__version__`` without importing the package (setup must not need its deps)."""
+    for line in (HERE / "src" / "pygrid" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("__version__ not found in src/pygrid/__init__.py")
+
+
+def subpackages(root: str, prefix: str) -> list[str]:
+    """Every folder under ``root`` holding an ``__init__.py``, named below ``prefix``."""
+    found = []
+    for init in sorted((HERE / root).rglob("__init__.py")):
+        rel = init.parent.relative_to(HERE / root)
+        found.append(".".join([prefix, *rel.parts]) if rel.parts else prefix)
+    return found
+
+
+PACKAGE_DIR = {
+    "pygrid": "src/pygrid",
+    "pygrid.cli": "cli",
+    "pygrid.apps": "apps",
+    "pygrid.infra": "infra",
+    "pygrid.templates": "templates",
+}
+
+packages = []
+for name, folder in PACKAGE_DIR.items():
+    packages += subpackages(folder, name)
+# sub-packages of the folders mapped above need their own package_dir entries
+package_dir = dict(PACKAGE_DIR)
+for pkg in packages:
+    # longest prefix first, so pygrid.apps.node maps under apps/ and not under src/pygrid/
+    for name, folder in sorted(PACKAGE_DIR.items(), key=lambda item: -len(item[0])):
+        if pkg.startswith(name + ".") and pkg not in package_dir:
+            package_dir[pkg] = folder + "/" + pkg[len(name) + 1 :].replace(".", "/")
+            break
+
+setup(
+    name="pygrid",
+    version=read_version(),
+    description="Privacy-preserving, decentralised data science: Nodes, Networks, Workers, SDK and CLI",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    license="Apache-2.0",
+    packages=sorted(set(packages)),
+    package_dir=package_dir,
+    package_data={
+        "pygrid.db": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
+        "pygrid.infra": ["**/*.tf", "**/*.tf.json", "**/*.tftest.hcl"],
+        "pygrid.templates": ["**/*.j2", "*.j2"],
+        "pygrid.apps.node": ["run.sh"],
+        "pygrid.apps.network": ["run.sh"],
+    },
+    install_requires=[
+        "flask>=3.0,<4",
+        "sqlalchemy>=2.0,<3",
+        "alembic>=1.13,<2",
+        "pydantic>=2.6,<3",
+        "typer>=0.12",
+        "rich>=13",
+        "gunicorn>=22",
+        "pyjwt>=2.8,<3",
+        "argon2-cffi>=23.1",
+        "prometheus-client>=0.20",
+        "psutil>=5.9",
+        "psycopg[binary]>=3.1,<4",
+        "requests>=2.31",
+        "safetensors>=0.4",
+        # safetensors needs numpy at save time but does not declare it
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "aws": ["boto3>=1.34"],
+        "gcp": ["google-cloud-compute>=1.14", "google-cloud-storage>=2.14"],
+        "azure": ["azure-mgmt-compute>=30", "azure-identity>=1.15", "azure-storage-blob>=12.19"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.5",
+            "mypy>=1.10",
+            "build>=1.2",
+            "boto3>=1.34",
+            "moto[s3,server]>=5.0",
+            "types-requests",
+            "types-psutil",
+        ],
+    },
+    entry_points={"console_scripts": ["pygrid=pygrid.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,1 @@
+"""Identity: roles and permissions, password hashing, JSON Web Tokens."""

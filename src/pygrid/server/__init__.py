@@ -1,0 +1,1 @@
+"""HTTP machinery shared by the Node and Network apps: factory, errors, validation, auth, OpenAPI."""

@@ -1,0 +1,1 @@
+"""Blueprints every PyGrid server has: status, meta (OpenAPI, metrics) and users."""

@@ -1,0 +1,100 @@
+"""Every mutating route, as every role and with every kind of bad token.
+
+The routes come from the app's URL map, so a route added later is covered without editing this
+file: it must declare a permission, and each role is refused or let through accordingly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+
+from pygrid.auth.roles import Role, has_permission
+from pygrid.auth.tokens import ALGORITHM, USER_AUDIENCE
+from pygrid.server.endpoint import MUTATING_METHODS, route_spec
+from tests.support.users import bearer
+
+PUBLIC_MUTATING = {("POST", "/users/login")}
+
+
+def mutating_routes(app: Any) -> list[tuple[str, str, Any]]:
+    """(method, concrete path, spec) for each mutating route; path arguments point at nothing."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) & MUTATING_METHODS):
+            spec = route_spec(app.view_functions[rule.endpoint])
+            path = rule.rule
+            for arg in rule.arguments:
+                path = path.replace(f"<int:{arg}>", "999999").replace(f"<{arg}>", "nothing")
+            found.append((method, path, spec))
+    return found
+
+
+def test_every_mutating_route_declares_a_permission(app: Any) -> None:
+    routes = mutating_routes(app)
+    assert routes, "no mutating routes found"
+    for method, path, spec in routes:
+        assert spec is not None, f"{method} {path} is not declared with @endpoint"
+        if (method, path) in PUBLIC_MUTATING:
+            assert spec.public
+        else:
+            assert spec.permission is not None, f"{method} {path} declares no permission"
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_each_role_is_refused_exactly_where_it_lacks_the_permission(
+    app: Any, client: Any, owner_token: str, user_token: Callable[[Role], str], role: Role
+) -> None:
+    token = owner_token if role is Role.owner else user_token(role)
+    before = client.get("/users", headers=bearer(owner_token)).get_json()
+    for method, path, spec in mutating_routes(app):
+        if spec.public:
+            continue
+        response = client.open(path, method=method, json={}, headers=bearer(token))
+        body = response.get_json()
+        refused = response.status_code == 403 and "permission" in body["error"]
+        assert refused is not has_permission(role, spec.permission), (method, path, role, body)
+    assert client.get("/users", headers=bearer(owner_token)).get_json() == before
+
+
+def _b64(part: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+
+
+def _bad_tokens(app: Any) -> dict[str, str | None]:
+    secret = app.config["SECRET_KEY"]
+    now = int(time.time())
+    issuer = app.extensions["pygrid.auth"].issuer
+    claims = {"sub": "1", "role": "owner", "ver": 0, "iss": issuer, "aud": USER_AUDIENCE,
+              "iat": now, "nbf": now, "exp": now + 600}
+    return {
+        "missing": None,
+        "expired": jwt.encode({**claims, "exp": now - 600, "iat": now - 1200, "nbf": now - 1200},
+                              secret, algorithm=ALGORITHM),
+        "forged": jwt.encode(claims, "f" * 48, algorithm=ALGORITHM),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.",
+        "other server": jwt.encode({**claims, "iss": "pygrid:node:elsewhere"}, secret, algorithm=ALGORITHM),
+        "unknown user": jwt.encode({**claims, "sub": "4242"}, secret, algorithm=ALGORITHM),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing", "expired", "forged", "alg none", "other server", "unknown user"]
+)
+def test_bad_tokens_get_401_on_every_protected_route(app: Any, client: Any, owner_token: str, kind: str) -> None:
+    token = _bad_tokens(app)[kind]
+    headers = bearer(token) if token else {}
+    before = client.get("/users", headers=bearer(owner_token)).get_json()
+    for method, path, spec in mutating_routes(app) + [("GET", "/users", None), ("GET", "/users/me", None)]:
+        if spec is not None and spec.public:
+            continue
+        response = client.open(path, method=method, json={}, headers=headers)
+        assert response.status_code == 401, (kind, method, path, response.get_json())
+        assert response.get_json()["error"]
+    assert client.get("/users", headers=bearer(owner_token)).get_json() == before
