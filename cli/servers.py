@@ -20,38 +20,47 @@ from pygrid.config import AppKind
 DataDir = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", "--data_dir", envvar="PYGRID_DATA_DIR",
-        help="Folder for the SQLite database, blobs and secret key [default: ~/.pygrid/<app>/<id>].",
+        "--data-dir",
+        "--data_dir",
+        envvar="PYGRID_DATA_DIR",
+        help="Folder for the SQLite database, blobs and secret key (default: ~/.pygrid/<app>/<id>).",
         show_default=False,
     ),
 ]
 StartLocalDb = Annotated[
     bool,
     typer.Option(
-        "--start_local_db", "--start-local-db",
+        "--start_local_db",
+        "--start-local-db",
         help="Use the embedded SQLite database in the data dir (the default; overrides DATABASE_URL).",
     ),
 ]
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
-        "--database-url", "--database_url", envvar="DATABASE_URL",
-        help="SQLAlchemy URL of the database, e.g. postgresql://user:pw@host/db [default: SQLite].",
+        "--database-url",
+        "--database_url",
+        envvar="DATABASE_URL",
+        help="SQLAlchemy URL of the database, e.g. postgresql://user:pw@host/db (default: SQLite).",
         show_default=False,
     ),
 ]
 BlobUrl = Annotated[
     str | None,
     typer.Option(
-        "--blob-url", "--blob_url", envvar="PYGRID_BLOB_URL",
-        help="Blob store: a folder or s3://bucket/prefix [default: <data-dir>/blobs].",
+        "--blob-url",
+        "--blob_url",
+        envvar="PYGRID_BLOB_URL",
+        help="Blob store: a folder or s3://bucket/prefix (default: <data-dir>/blobs).",
         show_default=False,
     ),
 ]
 OwnerEmail = Annotated[
     str | None,
     typer.Option(
-        "--owner-email", "--owner_email", envvar="PYGRID_OWNER_EMAIL",
+        "--owner-email",
+        "--owner_email",
+        envvar="PYGRID_OWNER_EMAIL",
         help="Email of the Owner created at first start (password: PYGRID_OWNER_PASSWORD or a prompt).",
         show_default=False,
     ),
@@ -76,7 +85,8 @@ def _settings(values: dict[str, Any]) -> Any:
         return ServerSettings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
         )
         raise fail(f"invalid option: {problems}") from None
 
@@ -87,7 +97,9 @@ def _owner_credentials(settings: Any) -> tuple[str, str, Path | None]:
     if settings.owner_password:
         return email, settings.owner_password.get_secret_value(), None
     if sys.stdin.isatty():
-        password = typer.prompt(f"Password for the Owner {email}", hide_input=True, confirmation_prompt=True)
+        password = typer.prompt(
+            f"Password for the Owner {email}", hide_input=True, confirmation_prompt=True
+        )
         return email, password, None
     password = secrets.token_urlsafe(18)
     path = settings.data_dir / "owner-credentials.json"
@@ -143,20 +155,27 @@ def node(
         int, typer.Option("-p", "--port", envvar="GRID_NODE_PORT", help="Port to listen on.")
     ] = 5000,
     host: Annotated[
-        str, typer.Option("--host", envvar="GRID_NODE_HOST", help="Address to bind (0.0.0.0 for all).")
+        str,
+        typer.Option("--host", envvar="GRID_NODE_HOST", help="Address to bind (0.0.0.0 for all)."),
     ] = "127.0.0.1",
     num_replicas: Annotated[
         int,
         typer.Option(
-            "--num_replicas", "--num-replicas", envvar="NUM_REPLICAS",
+            "--num_replicas",
+            "--num-replicas",
+            envvar="NUM_REPLICAS",
             help="Server processes sharing the database and blob store.",
         ),
     ] = 1,
-    node_id: Annotated[str, typer.Option("--id", envvar="NODE_ID", help="This Node's id.")] = "default",
+    node_id: Annotated[
+        str, typer.Option("--id", envvar="NODE_ID", help="This Node's id.")
+    ] = "default",
     start_local_db: StartLocalDb = False,
     network: Annotated[
         str | None,
-        typer.Option("--network", envvar="NETWORK", help="URL of a Network to join.", show_default=False),
+        typer.Option(
+            "--network", envvar="NETWORK", help="URL of a Network to join.", show_default=False
+        ),
     ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -164,14 +183,24 @@ def node(
     owner_email: OwnerEmail = None,
     threads: Threads = 8,
 ) -> None:
-    """Run a Node: model-centric FL processes and private datasets. SECRET_KEY is read from the
-    environment (else generated once and kept in the data dir)."""
+    """Run a Node: model-centric FL processes and private datasets.
+
+    The secret key comes from SECRET_KEY, else one is generated at first start and kept 0600 in
+    the data dir. The Owner is created at first start from --owner-email and PYGRID_OWNER_PASSWORD
+    (or a prompt; with no terminal, a generated password is written to the data dir).
+    """
     run_server(
         AppKind.node,
         {
-            "port": port, "host": host, "num_replicas": num_replicas, "id": node_id,
-            "network_url": network, "data_dir": data_dir, "threads": threads,
-            "database_url": None if start_local_db else database_url, "blob_url": blob_url,
+            "port": port,
+            "host": host,
+            "num_replicas": num_replicas,
+            "id": node_id,
+            "network_url": network,
+            "data_dir": data_dir,
+            "threads": threads,
+            "database_url": None if start_local_db else database_url,
+            "blob_url": blob_url,
             **_env_secrets(owner_email),
         },
     )
@@ -183,7 +212,9 @@ def network(
     ] = 7000,
     host: Annotated[
         str,
-        typer.Option("--host", envvar="GRID_NETWORK_HOST", help="Address to bind (0.0.0.0 for all)."),
+        typer.Option(
+            "--host", envvar="GRID_NETWORK_HOST", help="Address to bind (0.0.0.0 for all)."
+        ),
     ] = "127.0.0.1",
     network_id: Annotated[
         str, typer.Option("--id", envvar="NETWORK_ID", help="This Network's id.")
@@ -195,13 +226,20 @@ def network(
     owner_email: OwnerEmail = None,
     threads: Threads = 8,
 ) -> None:
-    """Run a Network: the registry of Nodes, search and routing. SECRET_KEY is read from the
-    environment (else generated once and kept in the data dir)."""
+    """Run a Network: the registry of Nodes, search and routing.
+
+    The secret key and the Owner are set up as for `pygrid node`.
+    """
     run_server(
         AppKind.network,
         {
-            "port": port, "host": host, "id": network_id, "data_dir": data_dir, "threads": threads,
-            "database_url": None if start_local_db else database_url, "blob_url": blob_url,
+            "port": port,
+            "host": host,
+            "id": network_id,
+            "data_dir": data_dir,
+            "threads": threads,
+            "database_url": None if start_local_db else database_url,
+            "blob_url": blob_url,
             **_env_secrets(owner_email),
         },
     )

@@ -26,7 +26,12 @@ def port_holder(port: int) -> str | None:
     except (psutil.AccessDenied, OSError):
         return None
     for conn in connections:
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+        if (
+            conn.laddr
+            and conn.laddr.port == port
+            and conn.status == psutil.CONN_LISTEN
+            and conn.pid
+        ):
             try:
                 name = psutil.Process(conn.pid).name()
             except psutil.Error:
@@ -46,7 +51,9 @@ def check_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 holder = port_holder(port)
                 where = f" by {holder}" if holder else ""
-                raise PortInUse(f"port {port} is in use{where}; choose another with --port") from None
+                raise PortInUse(
+                    f"port {port} is in use{where}; choose another with --port"
+                ) from None
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
@@ -63,7 +70,9 @@ def serve(settings: ServerSettings, app_factory: Callable[[ServerSettings], Any]
     from gunicorn.app.base import BaseApplication
 
     options = {
-        "bind": f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}",
+        "bind": f"[{settings.host}]:{settings.port}"
+        if ":" in settings.host
+        else f"{settings.host}:{settings.port}",
         "workers": settings.num_replicas,
         "worker_class": "gthread",
         "threads": settings.threads,
@@ -77,7 +86,7 @@ def serve(settings: ServerSettings, app_factory: Callable[[ServerSettings], Any]
         "worker_tmp_dir": str(settings.data_dir),
     }
 
-    class Application(BaseApplication):  # type: ignore[misc]
+    class Application(BaseApplication):
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -39,12 +39,19 @@ def test_node_starts_with_nothing_but_a_port_and_keeps_its_secrets_private(tmp_p
 
 def test_network_takes_pygrid_environment_variables(tmp_path: Path) -> None:
     port = free_port()
-    env = {"GRID_NETWORK_PORT": str(port), "PYGRID_DATA_DIR": str(tmp_path / "net"),
-           "PYGRID_OWNER_EMAIL": "op@example.org", "PYGRID_OWNER_PASSWORD": "operator-password"}
+    env = {
+        "GRID_NETWORK_PORT": str(port),
+        "PYGRID_DATA_DIR": str(tmp_path / "net"),
+        "PYGRID_OWNER_EMAIL": "op@example.org",
+        "PYGRID_OWNER_PASSWORD": "operator-password",
+    }
     with running(["network"], port, tmp_path / "log", env=env) as server:
         status = requests.get(f"{server.url}/status", timeout=5).json()
-        login = requests.post(f"{server.url}/users/login", timeout=10,
-                              json={"email": "op@example.org", "password": "operator-password"})
+        login = requests.post(
+            f"{server.url}/users/login",
+            timeout=10,
+            json={"email": "op@example.org", "password": "operator-password"},
+        )
     assert (status["app"], status["id"]) == ("network", "network")
     assert login.status_code == 200
 
@@ -54,7 +61,9 @@ def test_run_sh_wrappers_keep_pygrids_manual_start(tmp_path: Path, app: str) -> 
     port = free_port()
     env = {"PYGRID_HOME": str(tmp_path), "PYTHON": sys.executable}
     command = ["./run.sh", "--id", "bob", "--port", str(port), "--start_local_db"]
-    with running([], port, tmp_path / "log", env=env, cwd=REPO / "apps" / app, command=command) as server:
+    with running(
+        [], port, tmp_path / "log", env=env, cwd=REPO / "apps" / app, command=command
+    ) as server:
         status = requests.get(f"{server.url}/status", timeout=5).json()
     assert (status["app"], status["id"]) == (app, "bob")
     assert (tmp_path / app / "bob" / f"{app}.db").exists()
@@ -81,15 +90,27 @@ def test_replicas_share_state_and_survive_losing_one(tmp_path: Path) -> None:
         gunicorn = psutil.Process(server.process.pid)
         workers = _replicas(gunicorn)
         assert len(workers) == 2
-        token = requests.post(f"{server.url}/users/login", timeout=10,
-                              json={"email": "o@example.org", "password": "owner-password-1"}).json()["token"]
+        token = requests.post(
+            f"{server.url}/users/login",
+            timeout=10,
+            json={"email": "o@example.org", "password": "owner-password-1"},
+        ).json()["token"]
         headers = {"Authorization": f"Bearer {token}"}
-        created = requests.post(f"{server.url}/users", headers=headers, timeout=10,
-                                json={"email": "ds@example.org", "password": "ds-password-123",
-                                      "role": "data_scientist"})
+        created = requests.post(
+            f"{server.url}/users",
+            headers=headers,
+            timeout=10,
+            json={
+                "email": "ds@example.org",
+                "password": "ds-password-123",
+                "role": "data_scientist",
+            },
+        )
         # Execute: kill one replica outright, then keep using the Node
         workers[0].send_signal(signal.SIGKILL)
-        answers = [requests.get(f"{server.url}/users", headers=headers, timeout=10) for _ in range(20)]
+        answers = [
+            requests.get(f"{server.url}/users", headers=headers, timeout=10) for _ in range(20)
+        ]
         for _ in range(100):
             replaced = {p.pid for p in _replicas(gunicorn)} - {workers[0].pid}
             if len(replaced) == 2:
@@ -144,7 +165,9 @@ def test_bad_start_options_fail_in_one_line(
     result = run_cli(args, env={k: v.format(**fill) for k, v in env.items()})
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], (
+        result.stderr
+    )
     assert "pw@" not in result.stderr
 
 
@@ -154,12 +177,59 @@ def test_node_on_postgresql(tmp_path: Path, postgres_server: Any) -> None:
     upgraded = run_cli(["db", "upgrade", "--database-url", url])
     port = free_port()
     env = {"DATABASE_URL": url, "PYGRID_OWNER_PASSWORD": "owner-password-1"}
-    args = ["node", "--port", str(port), "--data-dir", str(tmp_path / "d"), "--owner-email", "o@example.org"]
+    args = [
+        "node",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--owner-email",
+        "o@example.org",
+    ]
     with running(args, port, tmp_path / "log", env=env) as server:
         status = requests.get(f"{server.url}/status", timeout=5).json()
-        login = requests.post(f"{server.url}/users/login", timeout=10,
-                              json={"email": "o@example.org", "password": "owner-password-1"})
+        login = requests.post(
+            f"{server.url}/users/login",
+            timeout=10,
+            json={"email": "o@example.org", "password": "owner-password-1"},
+        )
     assert upgraded.returncode == 0 and "revision 0001" in upgraded.stdout
     assert status["database"]["backend"] == "postgresql"
     assert login.status_code == 200
     assert not (tmp_path / "d" / "node.db").exists()
+
+
+@pytest.mark.cloud
+def test_node_keeps_blobs_in_s3_when_told(tmp_path: Path) -> None:
+    import boto3
+
+    from tests.support.moto import moto_server
+
+    with moto_server() as endpoint:
+        creds = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="grid-blobs")
+        port = free_port()
+        env = {
+            **creds,
+            "PYGRID_S3_ENDPOINT_URL": endpoint,
+            "PYGRID_BLOB_URL": "s3://grid-blobs/alice",
+        }
+        args = ["node", "--port", str(port), "--data-dir", str(tmp_path / "d")]
+        with running(args, port, tmp_path / "log", env=env) as server:
+            status = requests.get(f"{server.url}/status", timeout=5).json()
+        missing = run_cli(args, env={**env, "PYGRID_BLOB_URL": "s3://no-such-bucket"})
+    assert status["blob_store"] == {"reachable": True, "backend": "S3BlobStore", "error": None}
+    assert not (tmp_path / "d" / "blobs").exists()
+    assert (
+        missing.returncode == 1 and "blob store s3://no-such-bucket is not usable" in missing.stderr
+    )

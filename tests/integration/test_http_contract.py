@@ -14,14 +14,20 @@ from tests.support.users import bearer
     ("kwargs", "status", "message"),
     [
         ({"data": "{not json", "content_type": "application/json"}, 400, "not valid JSON"),
-        ({"data": "email=a", "content_type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        (
+            {"data": "email=a", "content_type": "application/x-www-form-urlencoded"},
+            415,
+            "application/json",
+        ),
         ({"json": {"email": "a@b.c", "password": "x", "extra": 1}}, 422, "extra"),
         ({"json": {"email": "a@b.c"}}, 422, "password"),
         ({"json": ["a", "list"]}, 422, "invalid body"),
         ({"json": {"email": "no-at-sign", "password": "x"}}, 422, "email"),
     ],
 )
-def test_bad_login_bodies_get_a_json_4xx(client: Any, kwargs: dict[str, Any], status: int, message: str) -> None:
+def test_bad_login_bodies_get_a_json_4xx(
+    client: Any, kwargs: dict[str, Any], status: int, message: str
+) -> None:
     response = client.post("/users/login", **kwargs)
     assert response.status_code == status
     body = response.get_json()
@@ -36,7 +42,9 @@ def test_oversized_body_is_refused_before_reading(app: Any, client: Any) -> None
     assert response.is_json and response.get_json()["error"]
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("PUT", "/status", 405)])
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/nope", 404), ("PUT", "/status", 405)]
+)
 def test_routing_errors_are_json(client: Any, method: str, path: str, status: int) -> None:
     response = client.open(path, method=method)
     assert response.status_code == status
@@ -65,8 +73,13 @@ def test_status_says_who_and_how_healthy(client: Any, settings: Any) -> None:
 def test_status_is_503_when_the_database_is_gone(app: Any, client: Any) -> None:
     from sqlalchemy import create_engine
 
-    app.extensions["pygrid.db"].engine = create_engine("postgresql+psycopg://u@127.0.0.1:1/none")
-    response = client.get("/status")
+    database = app.extensions["pygrid.db"]
+    working, database.engine = database.engine, create_engine("postgresql+psycopg://u@127.0.0.1:1/none")
+    try:
+        response = client.get("/status")
+    finally:
+        database.engine.dispose()
+        database.engine = working
     assert response.status_code == 503
     assert response.get_json()["database"]["reachable"] is False
 

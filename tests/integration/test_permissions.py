@@ -71,15 +71,28 @@ def _bad_tokens(app: Any) -> dict[str, str | None]:
     secret = app.config["SECRET_KEY"]
     now = int(time.time())
     issuer = app.extensions["pygrid.auth"].issuer
-    claims = {"sub": "1", "role": "owner", "ver": 0, "iss": issuer, "aud": USER_AUDIENCE,
-              "iat": now, "nbf": now, "exp": now + 600}
+    claims = {
+        "sub": "1",
+        "role": "owner",
+        "ver": 0,
+        "iss": issuer,
+        "aud": USER_AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+    }
     return {
         "missing": None,
-        "expired": jwt.encode({**claims, "exp": now - 600, "iat": now - 1200, "nbf": now - 1200},
-                              secret, algorithm=ALGORITHM),
+        "expired": jwt.encode(
+            {**claims, "exp": now - 600, "iat": now - 1200, "nbf": now - 1200},
+            secret,
+            algorithm=ALGORITHM,
+        ),
         "forged": jwt.encode(claims, "f" * 48, algorithm=ALGORITHM),
         "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.",
-        "other server": jwt.encode({**claims, "iss": "pygrid:node:elsewhere"}, secret, algorithm=ALGORITHM),
+        "other server": jwt.encode(
+            {**claims, "iss": "pygrid:node:elsewhere"}, secret, algorithm=ALGORITHM
+        ),
         "unknown user": jwt.encode({**claims, "sub": "4242"}, secret, algorithm=ALGORITHM),
     }
 
@@ -87,11 +100,16 @@ def _bad_tokens(app: Any) -> dict[str, str | None]:
 @pytest.mark.parametrize(
     "kind", ["missing", "expired", "forged", "alg none", "other server", "unknown user"]
 )
-def test_bad_tokens_get_401_on_every_protected_route(app: Any, client: Any, owner_token: str, kind: str) -> None:
+def test_bad_tokens_get_401_on_every_protected_route(
+    app: Any, client: Any, owner_token: str, kind: str
+) -> None:
     token = _bad_tokens(app)[kind]
     headers = bearer(token) if token else {}
     before = client.get("/users", headers=bearer(owner_token)).get_json()
-    for method, path, spec in mutating_routes(app) + [("GET", "/users", None), ("GET", "/users/me", None)]:
+    for method, path, spec in mutating_routes(app) + [
+        ("GET", "/users", None),
+        ("GET", "/users/me", None),
+    ]:
         if spec is not None and spec.public:
             continue
         response = client.open(path, method=method, json={}, headers=headers)

@@ -37,24 +37,44 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def run_cli(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pygrid.cli ARGS`` to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "pygrid.cli", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, cwd=cwd,
+        [sys.executable, "-m", "pygrid.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
     )
 
 
 @contextmanager
-def running(args: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None,
-            cwd: Path | None = None, command: Sequence[str] | None = None) -> Iterator[Server]:
+def running(
+    args: Sequence[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    command: Sequence[str] | None = None,
+) -> Iterator[Server]:
     """Start a server, wait until GET /status answers, yield it, then stop it by PID."""
     cmd = list(command) if command else [sys.executable, "-m", "pygrid.cli", *args]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     try:

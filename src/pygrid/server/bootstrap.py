@@ -51,16 +51,15 @@ def open_database(settings: ServerSettings) -> Engine:
     except DatabaseURLError as exc:
         raise StartupError(str(exc)) from None
     engine = make_engine(url)
+    step = "is unreachable"
     try:
         ping(engine)
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        raise StartupError(f"database {mask_database_url(url)} is unreachable: {reason}") from None
-    try:
+        step = "could not be migrated"
         migrate.upgrade(url)
     except SQLAlchemyError as exc:
+        engine.dispose()
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        raise StartupError(f"migrating {mask_database_url(url)} failed: {reason}") from None
+        raise StartupError(f"database {mask_database_url(url)} {step}: {reason}") from None
     return engine
 
 
@@ -80,7 +79,9 @@ def prepare(settings: ServerSettings) -> Prepared:
         blobs = open_store(settings.resolved_blob_url)
         blobs.check()
     except Exception as exc:  # any store failure stops the start with its reason
-        raise StartupError(f"blob store {settings.resolved_blob_url} is not usable: {exc}") from None
+        raise StartupError(
+            f"blob store {settings.resolved_blob_url} is not usable: {exc}"
+        ) from None
     owner_created = False
     if settings.owner_email and settings.owner_password:
         from sqlalchemy.orm import Session

@@ -150,5 +150,7 @@ def bearer_token() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token: send Authorization: Bearer <token from /users/login>")
+        raise Unauthorized(
+            "missing bearer token: send Authorization: Bearer <token from /users/login>"
+        )
     return token.strip()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pygrid.errors import PyGridError
 
@@ -30,6 +30,10 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = (exc.description or exc.name or "error").strip()
+        if isinstance(exc, NotFound) and exc.description == NotFound.description:
+            message = f"no such route: {request.method} {request.path}"
+        elif isinstance(exc, MethodNotAllowed):
+            message = f"{request.method} is not allowed on {request.path}"
         response = error_response(status, message, {"status": exc.name})
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]

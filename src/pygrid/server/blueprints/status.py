@@ -43,7 +43,9 @@ def _check(check: object, backend: str) -> Dependency:
     return Dependency(reachable=True, backend=backend)
 
 
-@endpoint(bp, "/status", summary="Identity, version, uptime and health", public=True, response=Status)
+@endpoint(
+    bp, "/status", summary="Identity, version, uptime and health", public=True, response=Status
+)
 def status() -> Status | tuple[dict[str, object], int]:
     """200 when healthy, 503 with the same body when the database or blob store fails."""
     settings = current_app.config["PYGRID_SETTINGS"]

@@ -51,7 +51,11 @@ class UserOut(BaseModel):
     def of(cls, user: User) -> UserOut:
         """The public view of ``user``."""
         return cls(
-            id=user.id, email=user.email, name=user.name, role=Role(user.role), created_at=user.created_at
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            role=Role(user.role),
+            created_at=user.created_at,
         )
 
 
@@ -96,8 +100,13 @@ class ProfileChange(Strict):
 
 
 @endpoint(
-    bp, "/login", methods=("POST",), summary="Log in; returns a short-lived JWT", public=True,
-    body=LoginRequest, response=LoginResponse,
+    bp,
+    "/login",
+    methods=("POST",),
+    summary="Log in; returns a short-lived JWT",
+    public=True,
+    body=LoginRequest,
+    response=LoginResponse,
 )
 def login(body: LoginRequest) -> LoginResponse:
     """Exchange email and password for a token; the same answer whether the email exists or not."""
@@ -118,12 +127,20 @@ def list_users() -> UserList:
 
 
 @endpoint(
-    bp, "", methods=("POST",), summary="Create a user with a role below yours",
-    permission=Permission.manage_users, body=NewUser, response=UserOut, status=201,
+    bp,
+    "",
+    methods=("POST",),
+    summary="Create a user with a role below yours",
+    permission=Permission.manage_users,
+    body=NewUser,
+    response=UserOut,
+    status=201,
 )
 def create_user(body: NewUser) -> UserOut:
     """Create a user."""
-    user = users.create_user(db_session(), body.email, body.password, body.role, body.name, by=g.user)
+    user = users.create_user(
+        db_session(), body.email, body.password, body.role, body.name, by=g.user
+    )
     return UserOut.of(user)
 
 
@@ -134,44 +151,66 @@ def me() -> UserOut:
 
 
 @endpoint(
-    bp, "/me", methods=("PATCH",), summary="Change your own name or password",
-    permission=Permission.edit_own_profile, body=ProfileChange, response=UserOut,
+    bp,
+    "/me",
+    methods=("PATCH",),
+    summary="Change your own name or password",
+    permission=Permission.edit_own_profile,
+    body=ProfileChange,
+    response=UserOut,
 )
 def update_me(body: ProfileChange) -> UserOut:
     """Change your own profile; your role is not yours to change."""
     session = db_session()
     if body.password is not None:
         if body.current_password is None:
-            raise InvalidInput("changing your password needs current_password", {"field": "current_password"})
+            raise InvalidInput(
+                "changing your password needs current_password", {"field": "current_password"}
+            )
         if users.authenticate(session, g.user.email, body.current_password) is None:
             raise InvalidInput("current_password is wrong", {"field": "current_password"})
     user = users.update_user(session, g.user, g.user, name=body.name, password=body.password)
     return UserOut.of(user)
 
 
-@endpoint(bp, "/<int:user_id>", summary="One user", permission=Permission.list_users, response=UserOut)
+@endpoint(
+    bp, "/<int:user_id>", summary="One user", permission=Permission.list_users, response=UserOut
+)
 def get_user(user_id: int) -> UserOut:
     """The user with ``user_id``."""
     return UserOut.of(users.get_user(db_session(), user_id))
 
 
 @endpoint(
-    bp, "/<int:user_id>", methods=("PATCH",), summary="Change a user's name, password or role",
-    permission=Permission.manage_users, body=UserChange, response=UserOut,
+    bp,
+    "/<int:user_id>",
+    methods=("PATCH",),
+    summary="Change a user's name, password or role",
+    permission=Permission.manage_users,
+    body=UserChange,
+    response=UserOut,
 )
 def update_user(user_id: int, body: UserChange) -> UserOut:
     """Change a user ranked below you."""
     session = db_session()
     user = users.update_user(
-        session, g.user, users.get_user(session, user_id),
-        name=body.name, password=body.password, role=body.role,
+        session,
+        g.user,
+        users.get_user(session, user_id),
+        name=body.name,
+        password=body.password,
+        role=body.role,
     )
     return UserOut.of(user)
 
 
 @endpoint(
-    bp, "/<int:user_id>", methods=("DELETE",), summary="Delete a user ranked below you",
-    permission=Permission.manage_users, status=204,
+    bp,
+    "/<int:user_id>",
+    methods=("DELETE",),
+    summary="Delete a user ranked below you",
+    permission=Permission.manage_users,
+    status=204,
 )
 def delete_user(user_id: int) -> Response:
     """Delete a user."""

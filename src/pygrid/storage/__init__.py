@@ -1,0 +1,66 @@
+"""Blob storage for models, diffs, checkpoints and datasets, chosen by URL.
+
+``open_store("~/.pygrid/blobs")`` or ``open_store("file:///srv/pygrid/blobs")`` gives the local
+reference store; ``open_store("s3://bucket/prefix")`` the S3 one. Backends are registered by URL
+scheme in `STORES` as ``"module:Class"`` strings and imported only when used, so a cloud SDK is
+needed only by the deployments that use its store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from pygrid.storage.base import (
+    BlobNotFound,
+    BlobStore,
+    BlobStoreError,
+    InvalidBlobKey,
+    StoreUnavailable,
+    validate_key,
+    validate_prefix,
+)
+
+__all__ = [
+    "STORES",
+    "BlobNotFound",
+    "BlobStore",
+    "BlobStoreError",
+    "InvalidBlobKey",
+    "StoreUnavailable",
+    "open_store",
+    "resolve_store",
+    "validate_key",
+    "validate_prefix",
+]
+
+#: URL scheme -> ``"module:Class"`` of the `BlobStore` serving it (opened with ``from_url``).
+STORES: dict[str, str] = {
+    "file": "pygrid.storage.local:LocalBlobStore",
+    "s3": "pygrid.storage.s3:S3BlobStore",
+}
+
+
+def resolve_store(scheme: str) -> type[BlobStore]:
+    """Import and return the `BlobStore` class registered for ``scheme``."""
+    try:
+        target = STORES[scheme]
+    except KeyError:
+        known = ", ".join(sorted(STORES))
+        raise ValueError(f"unknown blob store scheme {scheme!r}; known schemes: {known}") from None
+    module_name, _, class_name = target.partition(":")
+    store_class: type[BlobStore] = getattr(importlib.import_module(module_name), class_name)
+    return store_class
+
+
+def open_store(url: str | os.PathLike[str], *, endpoint_url: str | None = None) -> BlobStore:
+    """Open the blob store ``url`` names: a path, ``file:///abs/path`` or ``s3://bucket/prefix``."""
+    text = os.fspath(url)
+    scheme = text.partition("://")[0].lower() if "://" in text else "file"
+    options: dict[str, Any] = {}
+    if endpoint_url is not None:
+        if scheme != "s3":
+            raise ValueError(f"endpoint_url applies to s3:// stores only, not to {text!r}")
+        options["endpoint_url"] = endpoint_url
+    return resolve_store(scheme).from_url(text, **options)
