@@ -18,7 +18,6 @@ from pygrid.auth.roles import Role
 from tests.support.users import PASSWORD, login
 
 
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """One PostgreSQL server for the whole run; each test gets its own database in it."""
@@ -26,7 +25,9 @@ def postgres_server() -> Iterator[Any]:
 
     if find_pg_bin() is None:
         if os.environ.get("CI"):
-            pytest.fail("PostgreSQL binaries are missing in CI: scripts/setup.sh should install them")
+            pytest.fail(
+                "PostgreSQL binaries are missing in CI: scripts/setup.sh should install them"
+            )
         pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
     with PostgresServer() as server:
         yield server

@@ -30,7 +30,9 @@ def load_or_create_secret_key(data_dir: Path, given: str | None = None) -> str:
     if path.exists():
         key = path.read_text().strip()
         if len(key) < MIN_SECRET_LENGTH:
-            raise SecretKeyError(f"the stored secret key in {path} is too short; delete it to regenerate")
+            raise SecretKeyError(
+                f"the stored secret key in {path} is too short; delete it to regenerate"
+            )
         return key
     key = secrets.token_urlsafe(48)
     # O_EXCL: when several processes start at once, exactly one creates the key and all read it.

@@ -52,8 +52,14 @@ def _b64(part: dict[str, object]) -> str:
 def _claims(**changes: object) -> dict[str, object]:
     now = int(time.time())
     claims: dict[str, object] = {
-        "sub": "1", "role": "owner", "ver": 0, "iss": ISSUER, "aud": USER_AUDIENCE,
-        "iat": now, "nbf": now, "exp": now + 60,
+        "sub": "1",
+        "role": "owner",
+        "ver": 0,
+        "iss": ISSUER,
+        "aud": USER_AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 60,
     }
     claims.update(changes)
     return claims
@@ -66,7 +72,9 @@ BAD_TOKENS = {
     "other issuer": jwt.encode(_claims(iss="pygrid:node:other"), SECRET, algorithm=ALGORITHM),
     "other audience": jwt.encode(_claims(aud="device"), SECRET, algorithm=ALGORITHM),
     "HS512": jwt.encode(_claims(), SECRET, algorithm="HS512"),
-    "no exp": jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, SECRET, algorithm=ALGORITHM),
+    "no exp": jwt.encode(
+        {k: v for k, v in _claims().items() if k != "exp"}, SECRET, algorithm=ALGORITHM
+    ),
     "garbage": "not.a.token",
 }
 

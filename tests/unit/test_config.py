@@ -32,8 +32,14 @@ def test_embedded_defaults_are_sqlite_and_a_local_folder(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("colour", "red"), ("port", 0), ("port", 70000), ("id", "../etc"), ("network_url", "ftp://x"),
-     ("num_replicas", 0)],
+    [
+        ("colour", "red"),
+        ("port", 0),
+        ("port", 70000),
+        ("id", "../etc"),
+        ("network_url", "ftp://x"),
+        ("num_replicas", 0),
+    ],
 )
 def test_bad_settings_are_rejected(tmp_path: Path, field: str, value: object) -> None:
     values = {"app": "node", "id": "n", "port": 5000, "data_dir": tmp_path, field: value}
@@ -56,7 +62,11 @@ def test_database_urls_are_normalised(url: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("not a url", "malformed"), ("mysql://u@h/db", "supports"), ("postgresql://u@h", "no database")],
+    [
+        ("not a url", "malformed"),
+        ("mysql://u@h/db", "supports"),
+        ("postgresql://u@h", "no database"),
+    ],
 )
 def test_bad_database_urls_say_why(url: str, message: str) -> None:
     with pytest.raises(DatabaseURLError, match=message):
