@@ -124,6 +124,8 @@ def run_server(app: AppKind, values: dict[str, Any]) -> None:
         prepared = prepare(settings)
     except (PortInUse, StartupError) as exc:
         raise fail(str(exc)) from None
+    if prepared.owner_created:
+        typer.echo(f"Created the Owner {settings.owner_email}", err=True)
     with Session(prepared.engine) as session:
         if not users.owner_exists(session):
             email, password, written_to = _owner_credentials(settings)

@@ -16,6 +16,18 @@ from pygrid.config import ServerSettings
 class PortInUse(RuntimeError):
     """The port is taken; the message names the process holding it when it can be found."""
 
+    def __init__(self, port: int, holder: str | None, reason: str = "is in use") -> None:
+        self.port = port
+        self.holder = holder
+        self.reason = reason
+        super().__init__(f"{self.what}; choose another with --port")
+
+    @property
+    def what(self) -> str:
+        """'port 5000 is in use by pid 12 (python3)': the problem without a hint how to fix it."""
+        where = f" by {self.holder}" if self.holder else ""
+        return f"port {self.port} {self.reason}{where}"
+
 
 def port_holder(port: int) -> str | None:
     """'pid 123 (python3)' for the process listening on ``port``, or None if unknown."""
@@ -49,12 +61,8 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                holder = port_holder(port)
-                where = f" by {holder}" if holder else ""
-                raise PortInUse(
-                    f"port {port} is in use{where}; choose another with --port"
-                ) from None
-            raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                raise PortInUse(port, port_holder(port)) from None
+            raise PortInUse(port, None, f"cannot be used on {host}: {exc.strerror}") from None
 
 
 def prepare_metrics_dir(settings: ServerSettings) -> None:

@@ -74,7 +74,10 @@ def test_status_is_503_when_the_database_is_gone(app: Any, client: Any) -> None:
     from sqlalchemy import create_engine
 
     database = app.extensions["pygrid.db"]
-    working, database.engine = database.engine, create_engine("postgresql+psycopg://u@127.0.0.1:1/none")
+    working, database.engine = (
+        database.engine,
+        create_engine("postgresql+psycopg://u@127.0.0.1:1/none"),
+    )
     try:
         response = client.get("/status")
     finally:

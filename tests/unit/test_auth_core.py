@@ -65,24 +65,38 @@ def _claims(**changes: object) -> dict[str, object]:
     return claims
 
 
-BAD_TOKENS = {
-    "expired": jwt.encode(_claims(exp=int(time.time()) - 3600), SECRET, algorithm=ALGORITHM),
-    "forged": jwt.encode(_claims(), "x" * 48, algorithm=ALGORITHM),
-    "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.",
-    "other issuer": jwt.encode(_claims(iss="pygrid:node:other"), SECRET, algorithm=ALGORITHM),
-    "other audience": jwt.encode(_claims(aud="device"), SECRET, algorithm=ALGORITHM),
-    "HS512": jwt.encode(_claims(), SECRET, algorithm="HS512"),
-    "no exp": jwt.encode(
-        {k: v for k, v in _claims().items() if k != "exp"}, SECRET, algorithm=ALGORITHM
-    ),
-    "garbage": "not.a.token",
-}
+def bad_tokens() -> dict[str, str]:
+    """Made when a test runs, not at import: a long suite must not expire them early."""
+    return {
+        "expired": jwt.encode(_claims(exp=int(time.time()) - 3600), SECRET, algorithm=ALGORITHM),
+        "forged": jwt.encode(_claims(), "x" * 48, algorithm=ALGORITHM),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.",
+        "other issuer": jwt.encode(_claims(iss="pygrid:node:other"), SECRET, algorithm=ALGORITHM),
+        "other audience": jwt.encode(_claims(aud="device"), SECRET, algorithm=ALGORITHM),
+        "HS512": jwt.encode(_claims(), SECRET, algorithm="HS512"),
+        "no exp": jwt.encode(
+            {k: v for k, v in _claims().items() if k != "exp"}, SECRET, algorithm=ALGORITHM
+        ),
+        "garbage": "not.a.token",
+    }
 
 
-@pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
+BAD_KINDS = [
+    "expired",
+    "forged",
+    "alg none",
+    "other issuer",
+    "other audience",
+    "HS512",
+    "no exp",
+    "garbage",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_tokens_are_refused(kind: str) -> None:
     with pytest.raises(TokenError) as excinfo:
-        decode_token(SECRET, ISSUER, BAD_TOKENS[kind])
+        decode_token(SECRET, ISSUER, bad_tokens()[kind])
     assert ("expired" in str(excinfo.value)) == (kind == "expired")
 
 

@@ -1,0 +1,621 @@
+"""The local grid: a Network and Nodes running as background processes on this machine.
+
+``pygrid up``, ``pygrid down`` and ``pygrid status`` are thin wrappers around :class:`LocalGrid`.
+Everything lives under ``<pygrid home>/local/``: ``grid.json`` (which processes belong to the
+grid), ``credentials.json`` (the Owner of every member, mode 0600), ``logs/<name>.log`` and
+``data/<name>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import requests
+
+from pygrid.config import AppKind, pygrid_home
+from pygrid.serve import PortInUse, check_port_free
+
+HOST = "127.0.0.1"
+NETWORK_NAME = "network"
+DEFAULT_NODES = ("alice", "bob", "charlie", "dan")
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.2
+OWNER_EMAIL = "owner@pygrid.local"
+LOG_TAIL_LINES = 15
+STATE_VERSION = 1
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Inherited, these would make every member share one database, blob store, data dir or key.
+_SHARED_ENV = (
+    "DATABASE_URL",
+    "PYGRID_BLOB_URL",
+    "PYGRID_DATA_DIR",
+    "SECRET_KEY",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
+
+HealthState = Literal["healthy", "unhealthy", "down"]
+Event = Literal["started", "healthy"]
+
+
+class LocalGridError(Exception):
+    """Why the local grid cannot start or stop: ``str()`` is one line; ``log_tail`` adds context."""
+
+    def __init__(self, message: str, log_tail: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_tail = list(log_tail)
+
+
+class AlreadyUp(LocalGridError):
+    """``up`` found a grid with live members; nothing was changed."""
+
+    def __init__(self, members: list[Member]) -> None:
+        super().__init__("the local grid is already up")
+        self.members = members
+
+
+@dataclass(frozen=True)
+class Member:
+    """One server of the grid: where it listens, which process runs it, where it writes."""
+
+    name: str
+    app: str
+    host: str
+    port: int
+    log: Path
+    data_dir: Path
+    pid: int | None = None
+    create_time: float | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL the member serves on."""
+        return f"http://{self.host}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The member as ``grid.json`` stores it."""
+        return {
+            "name": self.name,
+            "app": self.app,
+            "url": self.url,
+            "host": self.host,
+            "port": self.port,
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "log": str(self.log),
+            "data_dir": str(self.data_dir),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Member:
+        """A member read back from ``grid.json``."""
+        return cls(
+            name=str(data["name"]),
+            app=str(data["app"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            log=Path(data["log"]),
+            data_dir=Path(data["data_dir"]),
+            pid=None if data.get("pid") is None else int(data["pid"]),
+            create_time=None if data.get("create_time") is None else float(data["create_time"]),
+        )
+
+    def process(self) -> psutil.Process | None:
+        """The member's process if it still runs and is the one ``up`` started (not a reused PID)."""
+        if self.pid is None or self.create_time is None:
+            return None
+        try:
+            proc = psutil.Process(self.pid)
+            same = abs(proc.create_time() - self.create_time) < 0.01
+            if not same or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return proc
+
+    @property
+    def alive(self) -> bool:
+        """Whether the member's own process is still running."""
+        return self.process() is not None
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ``status`` reports about one member."""
+
+    member: Member
+    alive: bool
+    health: HealthState
+    version: str | None = None
+    uptime_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of ``pygrid status --format json``."""
+        return {
+            "name": self.member.name,
+            "app": self.member.app,
+            "url": self.member.url,
+            "pid": self.member.pid,
+            "alive": self.alive,
+            "health": self.health,
+            "version": self.version,
+            "uptime_seconds": self.uptime_seconds,
+        }
+
+
+@dataclass
+class _Started:
+    member: Member
+    popen: subprocess.Popen[bytes]
+    log_offset: int
+    answered: bool = False
+
+
+class LocalGrid:
+    """A Network and Nodes on 127.0.0.1, their state kept under ``home``."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home if home is not None else pygrid_home() / "local"
+
+    @property
+    def state_file(self) -> Path:
+        """``grid.json``: the members and the processes that run them."""
+        return self.home / "grid.json"
+
+    @property
+    def credentials_file(self) -> Path:
+        """``credentials.json`` (0600): the Owner's email and password on every member."""
+        return self.home / "credentials.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where each member appends its output."""
+        return self.home / "logs"
+
+    @property
+    def data_root(self) -> Path:
+        """Where each member keeps its database, blobs and secret key."""
+        return self.home / "data"
+
+    # -- reading the state -------------------------------------------------------------------
+
+    def plan(
+        self, nodes: Sequence[str], base_port: int = 5000, network_port: int = 7000
+    ) -> list[Member]:
+        """The members ``up`` would start, validated: the Network first, then the Nodes."""
+        names = [n.strip() for n in nodes if n.strip()]
+        if not names:
+            raise LocalGridError("give at least one Node name, e.g. --nodes alice,bob")
+        for name in names:
+            if not _NAME.match(name):
+                raise LocalGridError(
+                    f"invalid Node name {name!r}: use letters, digits, '.', '_' or '-' "
+                    "(at most 64, starting with a letter or digit)"
+                )
+            if name == NETWORK_NAME:
+                raise LocalGridError(
+                    f"{NETWORK_NAME!r} is the Network's name; pick another Node name"
+                )
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise LocalGridError(f"Node names must be unique; repeated: {', '.join(duplicates)}")
+        ports = {NETWORK_NAME: network_port} | {n: base_port + i for i, n in enumerate(names)}
+        for name, port in ports.items():
+            if not 1 <= port <= 65535:
+                raise LocalGridError(f"port {port} for {name} is outside 1-65535")
+        node_ports = {p: n for n, p in ports.items() if n != NETWORK_NAME}
+        if network_port in node_ports:
+            raise LocalGridError(
+                f"the Network's port {network_port} is also Node {node_ports[network_port]}'s port; "
+                "change --network-port or --base-port"
+            )
+        return [
+            self._member(name, AppKind.network if name == NETWORK_NAME else AppKind.node, port)
+            for name, port in ports.items()
+        ]
+
+    def _member(self, name: str, app: AppKind, port: int) -> Member:
+        return Member(
+            name=name,
+            app=str(app),
+            host=HOST,
+            port=port,
+            log=self.logs_dir / f"{name}.log",
+            data_dir=self.data_root / name,
+        )
+
+    def members(self) -> list[Member]:
+        """The members recorded in ``grid.json``; empty when there is none."""
+        try:
+            data = json.loads(self.state_file.read_text())
+            return [Member.from_json(m) for m in data["members"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LocalGridError(
+                f"cannot read {self.state_file} ({exc}); "
+                "if no grid is running, delete it and try again"
+            ) from None
+
+    def running(self) -> list[Member]:
+        """The recorded members whose processes still run."""
+        return [m for m in self.members() if m.alive]
+
+    def health(self) -> list[Health]:
+        """Each recorded member: is its process alive, and does ``GET /status`` answer 200."""
+        members = self.members()
+        if not members:
+            return []
+        with ThreadPoolExecutor(max_workers=len(members)) as pool:
+            return list(pool.map(_health, members))
+
+    # -- up ---------------------------------------------------------------------------------
+
+    def up(
+        self,
+        nodes: Sequence[str] = DEFAULT_NODES,
+        base_port: int = 5000,
+        network_port: int = 7000,
+        *,
+        timeout: float = START_TIMEOUT,
+        on_event: Callable[[Member, Event], None] | None = None,
+    ) -> list[Member]:
+        """Start the grid and wait until every member is healthy; AlreadyUp if it runs already.
+
+        Every check (names, ports, writable folders, credentials) happens before anything
+        starts; if a member fails to start, the ones already started are stopped again.
+        """
+        planned = self.plan(nodes, base_port, network_port)
+        self._make_home()
+        with self._lock():
+            recorded = self.members()
+            if any(m.alive for m in recorded):
+                raise AlreadyUp(recorded)
+            for member in planned:
+                _check_port(member)
+            self._check_writable(planned)
+            email, password = self._credentials(planned)
+            # Whatever is recorded belongs to a grid whose processes have all gone.
+            self.state_file.unlink(missing_ok=True)
+            return self._start(planned, email, password, timeout, on_event or _ignore)
+
+    def _make_home(self) -> None:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise LocalGridError(f"cannot create {self.home}: {_reason(exc)}") from None
+        if not self.home.is_dir():
+            raise LocalGridError(f"{self.home} is not a folder")
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        # Two `up`s (or an `up` and a `down`) at once would each start or stop half a grid.
+        path = self.home / ".lock"
+        try:
+            handle = path.open("a")
+        except OSError as exc:
+            raise LocalGridError(f"cannot write to {self.home}: {_reason(exc)}") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LocalGridError(
+                    f"another pygrid up/down is using {self.home}; wait for it to finish"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _check_writable(self, members: Sequence[Member]) -> None:
+        folders = [self.home, self.logs_dir, self.data_root, *(m.data_dir for m in members)]
+        for folder in folders:
+            _check_folder_writable(folder)
+        for member in members:
+            if member.log.exists() and (
+                not member.log.is_file() or not os.access(member.log, os.W_OK)
+            ):
+                raise LocalGridError(f"cannot append to the log file {member.log}")
+
+    def _credentials(self, members: Sequence[Member]) -> tuple[str, str]:
+        path = self.credentials_file
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+                return str(data["email"]), str(data["password"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise LocalGridError(
+                    f"cannot read the Owner credentials in {path} ({exc})"
+                ) from None
+        for member in members:
+            database = member.data_dir / f"{member.app}.db"
+            if database.exists():
+                # Its Owner was created with the lost password: new credentials would not log in.
+                raise LocalGridError(
+                    f"{path} is missing but {member.name} already has an Owner in {database}; "
+                    f"restore the file, or delete {self.data_root} to start afresh"
+                )
+        email, password = OWNER_EMAIL, secrets.token_urlsafe(24)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise LocalGridError(f"cannot create {path}: {_reason(exc)}") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"email": email, "password": password}, handle, indent=2)
+            handle.write("\n")
+        return email, password
+
+    def _start(
+        self,
+        members: Sequence[Member],
+        email: str,
+        password: str,
+        timeout: float,
+        on_event: Callable[[Member, Event], None],
+    ) -> list[Member]:
+        env = {k: v for k, v in os.environ.items() if k not in _SHARED_ENV}
+        env |= {"PYGRID_OWNER_EMAIL": email, "PYGRID_OWNER_PASSWORD": password}
+        deadline = time.monotonic() + timeout
+        started: list[_Started] = []
+        network, nodes = members[0], members[1:]
+        try:
+            # Nodes join the Network when they start, so it has to answer first.
+            started.append(self._spawn(network, [], env))
+            self._save([s.member for s in started])
+            on_event(started[-1].member, "started")
+            self._wait(started, deadline, timeout, on_event)
+            for node in nodes:
+                started.append(self._spawn(node, ["--network", network.url], env))
+                self._save([s.member for s in started])
+                on_event(started[-1].member, "started")
+            self._wait(started, deadline, timeout, on_event)
+        except BaseException:
+            self._abort(started)
+            raise
+        for entry in started:
+            # The member outlives this process on purpose: stop Popen from warning that it runs.
+            entry.popen.returncode = 0
+        return [s.member for s in started]
+
+    def _spawn(self, member: Member, extra: list[str], env: dict[str, str]) -> _Started:
+        for folder in (self.data_root, member.data_dir, member.log.parent):
+            folder.mkdir(exist_ok=True, mode=0o700)
+        command = [
+            sys.executable, "-m", "pygrid.cli", member.app,
+            "--id", member.name,
+            "--port", str(member.port),
+            "--data-dir", str(member.data_dir),
+            *extra,
+        ]  # fmt: skip
+        # Logs hold request lines and startup messages: only the owner of the grid reads them.
+        log_fd = os.open(member.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
+            offset = log.tell()
+            stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+            log.write(f"--- pygrid up {stamp}: {member.name} on {member.url}\n".encode())
+            log.flush()
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Its own session: Ctrl-C in this terminal must not reach a background server,
+                # and its working directory must not pin wherever the user ran `up`.
+                start_new_session=True,
+                cwd=self.home,
+            )
+        try:
+            create_time = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            create_time = None
+        return _Started(replace(member, pid=popen.pid, create_time=create_time), popen, offset)
+
+    def _wait(
+        self,
+        started: list[_Started],
+        deadline: float,
+        timeout: float,
+        on_event: Callable[[Member, Event], None],
+    ) -> None:
+        with _http() as session:
+            while True:
+                pending = [s for s in started if not s.answered]
+                for entry in pending:
+                    code = entry.popen.poll()
+                    if code is not None:
+                        member = entry.member
+                        raise LocalGridError(
+                            f"{member.name} exited (code {code}) before answering "
+                            f"{member.url}/status; its log is {member.log}",
+                            _tail(member.log, entry.log_offset),
+                        )
+                    if _answers(session, entry.member, timeout=2.0):
+                        entry.answered = True
+                        on_event(entry.member, "healthy")
+                if all(s.answered for s in started):
+                    return
+                if time.monotonic() > deadline:
+                    late = next(s for s in started if not s.answered)
+                    raise LocalGridError(
+                        f"{late.member.name} did not answer {late.member.url}/status within "
+                        f"{timeout:g} s; its log is {late.member.log}",
+                        _tail(late.member.log, late.log_offset),
+                    )
+                time.sleep(POLL_INTERVAL)
+
+    def _abort(self, started: list[_Started]) -> None:
+        processes = [p for s in started if (p := s.member.process()) is not None]
+        _terminate(processes)
+        for entry in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                entry.popen.wait(timeout=1)
+        self.state_file.unlink(missing_ok=True)
+
+    def _save(self, members: Sequence[Member]) -> None:
+        data = {"version": STATE_VERSION, "members": [m.to_json() for m in members]}
+        # Written before waiting, so a `down` can stop members even if this `up` is killed.
+        fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".grid.", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle, indent=2)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- down -------------------------------------------------------------------------------
+
+    def stop(self) -> list[Member]:
+        """Stop the recorded members that still run (SIGTERM, then SIGKILL after 15 s).
+
+        Returns the members that were running. ``grid.json`` is removed.
+        """
+        if not self.state_file.exists():
+            return []
+        with self._lock():
+            members = self.members()
+            processes = {m.name: m.process() for m in members}
+            # Nodes first, so that they can still tell the Network they are leaving.
+            for app in (AppKind.node, AppKind.network):
+                _terminate([p for m in members if m.app == app and (p := processes[m.name])])
+            self.state_file.unlink(missing_ok=True)
+            return [m for m in members if processes[m.name] is not None]
+
+
+def _ignore(member: Member, event: Event) -> None:
+    """The default ``on_event``."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _check_port(member: Member) -> None:
+    try:
+        check_port_free(member.host, member.port)
+    except PortInUse as exc:
+        what = exc.what
+        flag = "--network-port" if member.app == AppKind.network else "--base-port"
+        raise LocalGridError(
+            f"{what} (needed by {member.name}); pick free ports with {flag}"
+        ) from None
+
+
+def _check_folder_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == folder else f"{folder}: "
+        raise LocalGridError(f"cannot use {where}{existing} is not a folder")
+    try:
+        # os.access is not enough: it says yes to root on a read-only file system.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise LocalGridError(f"cannot write to {existing}: {_reason(exc)}") from None
+        raise LocalGridError(f"cannot use {existing}: {_reason(exc)}") from None
+
+
+def _http() -> requests.Session:
+    session = requests.Session()
+    # Only ever talk to 127.0.0.1 directly: a proxy from the environment must not see it.
+    session.trust_env = False
+    return session
+
+
+def _answers(session: requests.Session, member: Member, timeout: float) -> bool:
+    """Whether the member itself (not some other server on its port) answers /status with 200."""
+    try:
+        response = session.get(f"{member.url}/status", timeout=(0.5, timeout))
+        body = response.json() if response.status_code == 200 else {}
+    except (requests.RequestException, ValueError):
+        return False
+    return (
+        isinstance(body, dict) and body.get("id") == member.name and body.get("app") == member.app
+    )
+
+
+def _health(member: Member) -> Health:
+    if not member.alive:
+        return Health(member, alive=False, health="down")
+    try:
+        with _http() as session:
+            response = session.get(f"{member.url}/status", timeout=(0.5, 2.0))
+        body = response.json()
+    except (requests.RequestException, ValueError):
+        return Health(member, alive=True, health="unhealthy")
+    if not isinstance(body, dict):
+        return Health(member, alive=True, health="unhealthy")
+    healthy = response.status_code == 200 and body.get("id") == member.name
+    uptime = body.get("uptime_seconds")
+    return Health(
+        member,
+        alive=True,
+        health="healthy" if healthy else "unhealthy",
+        version=body.get("version"),
+        uptime_seconds=float(uptime) if isinstance(uptime, int | float) else None,
+    )
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _terminate(processes: Sequence[psutil.Process]) -> None:
+    """SIGTERM ``processes``, wait up to STOP_TIMEOUT, then SIGKILL them and their children."""
+    family: list[psutil.Process] = []
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            # Gunicorn's workers: reaped by their master on SIGTERM, killed with it on SIGKILL.
+            family.extend(proc.children(recursive=True))
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    remaining = [p for p in [*processes, *family] if _running(p)]
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.1)
+        remaining = [p for p in remaining if _running(p)]
+    for proc in remaining:
+        with contextlib.suppress(psutil.Error):
+            # psutil refuses to signal a PID that now belongs to another process.
+            proc.kill()
+
+
+def _tail(log: Path, offset: int, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines this run wrote to ``log``."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
