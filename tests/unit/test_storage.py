@@ -723,3 +723,16 @@ def test_s3_region_comes_from_the_environment(
     # Assert
     assert store.client.meta.region_name == expected  # type: ignore[attr-defined]
     assert store.client.meta.endpoint_url == aws_env  # type: ignore[attr-defined]
+
+
+def test_local_path_holds_the_blob_bytes(store: BlobStore) -> None:
+    # Prepare
+    store.put("models/1.bin", b"weights")
+    # Execute
+    with store.local_path("models/1.bin") as path:
+        seen = path.read_bytes()
+    # Assert
+    assert seen == b"weights"
+    with pytest.raises(BlobNotFound):
+        with store.local_path("models/missing.bin"):
+            pass

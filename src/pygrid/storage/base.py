@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
@@ -206,6 +211,19 @@ class BlobStore(abc.ABC):
         BlobNotFound
             There is no blob under ``key`` (raised by ``open`` itself, not by a later read).
         """
+
+    @contextlib.contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """A filesystem path holding the blob for the duration of the ``with`` block.
+
+        Readers that need random access (safetensors' lazy slices) use this. The default streams
+        the blob into a private temporary file removed afterwards; a store whose blobs already
+        are files MAY yield the file itself, which callers MUST NOT modify.
+        """
+        with self.open(key) as source, tempfile.NamedTemporaryFile(prefix="pygrid-blob-") as copy:
+            shutil.copyfileobj(source, copy, 1024 * 1024)
+            copy.flush()
+            yield Path(copy.name)
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -93,7 +93,7 @@ class LocalBlobStore(BlobStore):
                     f"cannot store blob {key!r}: other blobs are stored under {key + '/'!r}"
                 ) from None
         except BaseException:
-            with suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
         # The rename is durable only once the directory entry itself is on disk.
@@ -146,6 +146,14 @@ class LocalBlobStore(BlobStore):
             file.close()
             raise BlobNotFound(key)
         return file
+
+    @contextlib.contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """The blob's own file: writes replace files atomically, so it never changes underfoot."""
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobNotFound(key)
+        yield path
 
     def exists(self, key: str) -> bool:
         """Tell whether a regular file is stored under the key."""
