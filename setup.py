@@ -69,7 +69,7 @@ setup(
         "flask>=3.0,<4",
         "sqlalchemy>=2.0,<3",
         "alembic>=1.13,<2",
-        "pydantic>=2.6,<3",
+        "pydantic>=2.7,<3",
         "typer>=0.12",
         "rich>=13",
         "gunicorn>=22",
@@ -82,6 +82,13 @@ setup(
         "safetensors>=0.4",
         # safetensors needs numpy at save time but does not declare it
         "numpy>=1.26",
+        # A range here; the set-up scripts pin torch==2.13.0 (the CPU build) before installing,
+        # because an unpinned torch pulls a multi-GB CUDA build.
+        "torch>=2.3,<2.14",
+        # DP-FedAvg's privacy accountant (Google's maintained RDP accountant)
+        "dp-accounting>=0.4,<0.7",
+        # the reference workload (load_digits ships inside scikit-learn: no download)
+        "scikit-learn>=1.4",
     ],
     extras_require={
         "aws": ["boto3>=1.34"],

@@ -113,11 +113,13 @@ say "installing the wheel into a fresh virtualenv"
 # saves bootstrapping a second pip.
 run "$WORK/venv.log" "$PY" -m venv --without-pip "$WORK/venv"
 VPY="$WORK/venv/bin/python"
+# torch first, pinned: the wheel asks for a range, and an unpinned resolve pulls the CUDA build.
 run "$WORK/install.log" "$PY" -m pip --python "$VPY" install --disable-pip-version-check \
+    --progress-bar off "torch==2.13.0"
+run "$WORK/install-wheel.log" "$PY" -m pip --python "$VPY" install --disable-pip-version-check \
     --progress-bar off "$WHEEL"
-if "$VPY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
-    die "installing the wheel pulled torch (see: pip --python $VPY list)"
-fi
+"$VPY" -c 'import sys, torch; sys.exit(torch.__version__ != "2.13.0+cpu")' ||
+    die "installing the wheel replaced the pinned CPU torch (see: pip --python $VPY list)"
 
 say "running the installed CLI from outside the repository"
 cd "$WORK/run"

@@ -65,6 +65,8 @@ def settings(tmp_path: Path, database_url: str, app_kind: str) -> Any:
         database_url=database_url,
         owner_email="owner@example.org",
         owner_password=PASSWORD,
+        # Tests close FL cycles explicitly (scheduler.run_once); e2e tests run the real thread.
+        scheduler_interval=0,
     )
 
 
@@ -77,6 +79,8 @@ def app(settings: Any) -> Iterator[Any]:
         from pygrid.apps.network import create_app
     application = create_app(settings)
     yield application
+    if "pygrid.scheduler" in application.extensions:
+        application.extensions["pygrid.scheduler"].stop()
     application.extensions["pygrid.db"].engine.dispose()
 
 

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
 
 from pygrid.config import AppKind
 from pygrid.server.app import ConfigArg, build_app
+from pygrid.server.bootstrap import Prepared
 
 
 def create_app(config: ConfigArg = None) -> Flask:
     """Build a Node app: defaults, then the environment, then ``config`` (settings or a dict)."""
-    return build_app(__name__, AppKind.node, config, blueprints=())
+    from pygrid.apps.node import model_centric
+
+    return build_app(
+        __name__, AppKind.node, config, blueprints=(model_centric.bp,), setup=_start_scheduler
+    )
+
+
+def _start_scheduler(app: Flask, prepared: Prepared) -> None:
+    from pygrid.model_centric.scheduler import CycleScheduler
+
+    metrics = app.extensions["pygrid.metrics"]
+    sessions = app.extensions["pygrid.db"].sessions
+
+    def on_closed(_cycle: Any, seconds: float) -> None:
+        metrics.cycles_closed.inc()
+        metrics.aggregation_seconds.observe(seconds)
+
+    interval = app.config["PYGRID_SETTINGS"].scheduler_interval
+    scheduler = CycleScheduler(
+        sessions, prepared.blobs, interval=interval or 1.0, on_closed=on_closed
+    )
+    app.extensions["pygrid.scheduler"] = scheduler
+    if interval > 0:
+        scheduler.start()

@@ -53,6 +53,9 @@ class ServerSettings(BaseModel):
     owner_password: SecretStr | None = None
     max_content_length: Annotated[int, Field(ge=1024)] = 64 * MIB
     token_ttl_seconds: Annotated[int, Field(ge=30, le=24 * 3600)] = 30 * 60
+    # How often each replica looks for FL cycles past their deadline; 0 turns the thread off
+    # (tests then close cycles themselves).
+    scheduler_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
     @field_validator("network_url")
     @classmethod
@@ -126,6 +129,7 @@ COMMON_ENV_VARS = {
     "owner_password": "PYGRID_OWNER_PASSWORD",
     "max_content_length": "PYGRID_MAX_CONTENT_LENGTH",
     "token_ttl_seconds": "PYGRID_TOKEN_TTL_SECONDS",
+    "scheduler_interval": "PYGRID_SCHEDULER_INTERVAL",
 }
 DEFAULT_IDS = {AppKind.node: "default", AppKind.network: "network"}
 

@@ -85,7 +85,7 @@ def running(
             try:
                 if requests.get(f"{server.url}/status", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"server did not become healthy:\n{server.output()}")

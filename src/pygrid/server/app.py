@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask
@@ -11,7 +11,7 @@ from flask import Blueprint, Flask
 from pygrid.config import AppKind, ServerSettings, settings_from_env
 from pygrid.server.auth import Auth
 from pygrid.server.blueprints import meta, status, users
-from pygrid.server.bootstrap import prepare
+from pygrid.server.bootstrap import Prepared, prepare
 from pygrid.server.database import Database
 from pygrid.server.errors import register_error_handlers
 from pygrid.server.metrics import Metrics
@@ -30,7 +30,11 @@ def resolve_settings(app: AppKind, config: ConfigArg) -> tuple[ServerSettings, d
 
 
 def build_app(
-    import_name: str, app_kind: AppKind, config: ConfigArg, blueprints: Iterable[Blueprint] = ()
+    import_name: str,
+    app_kind: AppKind,
+    config: ConfigArg,
+    blueprints: Iterable[Blueprint] = (),
+    setup: Callable[[Flask, Prepared], None] | None = None,
 ) -> Flask:
     """A ready Flask app: defaults, then environment, then ``config``; database migrated."""
     settings, flask_overrides = resolve_settings(app_kind, config)
@@ -51,4 +55,6 @@ def build_app(
     Metrics().init_app(app)
     for bp in (status.bp, meta.bp, users.bp, *blueprints):
         app.register_blueprint(bp)
+    if setup is not None:
+        setup(app, prepared)
     return app

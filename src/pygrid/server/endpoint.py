@@ -31,6 +31,8 @@ class RouteSpec:
     permission: Permission | None
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None
+    files: tuple[str, ...] = ()
     response: type[BaseModel] | None = None
     status: int = 200
     content: str = "application/json"
@@ -80,6 +82,14 @@ def _json_body() -> Any:
     return data
 
 
+def _form_dict() -> dict[str, Any]:
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"expected Content-Type multipart/form-data, got {request.mimetype or 'none'!r}"
+        )
+    return request.form.to_dict()
+
+
 def _query_dict() -> dict[str, Any]:
     return {key: values[0] if len(values) == 1 else values for key, values in request.args.lists()}
 
@@ -94,6 +104,8 @@ def endpoint(
     public: bool = False,
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
+    form: type[BaseModel] | None = None,
+    files: tuple[str, ...] = (),
     response: type[BaseModel] | None = None,
     status: int = 200,
     content: str = "application/json",
@@ -108,6 +120,8 @@ def endpoint(
         permission=permission,
         body=body,
         query=query,
+        form=form,
+        files=files,
         response=response,
         status=status,
         content=content,
@@ -124,6 +138,8 @@ def endpoint(
                 g.user = user
             if body is not None:
                 kwargs["body"] = parse_model(body, _json_body(), "body")
+            if form is not None:
+                kwargs["form"] = parse_model(form, _form_dict(), "form")
             if query is not None:
                 kwargs["query"] = parse_model(query, _query_dict(), "query")
             result = view(**kwargs)

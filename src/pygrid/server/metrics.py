@@ -34,6 +34,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Model-centric FL: what /metrics promises operators (issue 3).
+        self.reports = Counter(
+            "pygrid_fl_reports", "Device reports, by outcome", ["outcome"], registry=self.registry
+        )
+        self.cycle_requests = Counter(
+            "pygrid_fl_cycle_requests",
+            "Cycle requests, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.cycles_closed = Counter(
+            "pygrid_fl_cycles_closed", "Cycles folded into a checkpoint", registry=self.registry
+        )
+        self.aggregation_seconds = Histogram(
+            "pygrid_fl_aggregation_seconds",
+            "Seconds to fold a cycle's diffs into a checkpoint",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+
     def init_app(self, app: Flask) -> None:
         """Time every request of ``app``."""
         app.extensions["pygrid.metrics"] = self

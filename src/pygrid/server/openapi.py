@@ -72,6 +72,18 @@ def build_openapi(app: Flask, title: str) -> dict[str, Any]:
                         "required": True,
                         "content": {"application/json": {"schema": _schema(spec.body, components)}},
                     }
+                if spec.form is not None:
+                    schema = spec.form.model_json_schema(ref_template=_REF)
+                    components.update(schema.pop("$defs", {}))
+                    for name in spec.files:
+                        schema.setdefault("properties", {})[name] = {
+                            "type": "string",
+                            "contentMediaType": "application/octet-stream",
+                        }
+                    op["requestBody"] = {
+                        "required": True,
+                        "content": {"multipart/form-data": {"schema": schema}},
+                    }
                 ok: dict[str, Any] = {"description": "OK"}
                 if spec.response is not None:
                     ok["content"] = {spec.content: {"schema": _schema(spec.response, components)}}

@@ -1,0 +1,62 @@
+"""The HTTP layer every client shares: one session, timeouts, and errors that say what failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+
+class GridError(Exception):
+    """A PyGrid server refused a request (4xx/5xx) or could not be reached."""
+
+    def __init__(self, status: int | None, message: str, detail: Any = None) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+class HttpClient:
+    """JSON and bytes over HTTP to one server, with an optional bearer token."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.session.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send a request; GridError for a refusal or an unreachable server."""
+        headers = kwargs.pop("headers", {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = self.session.request(
+                method, f"{self.url}{path}", headers=headers, timeout=self.timeout, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise GridError(None, f"cannot reach {self.url}: {exc.__class__.__name__}") from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                raise GridError(
+                    response.status_code, body.get("error", response.reason), body.get("detail")
+                )
+            except ValueError:
+                raise GridError(response.status_code, response.reason or "error") from None
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer of a request."""
+        return self.request(method, path, **kwargs).json()
+
+    def login(self, email: str, password: str) -> str:
+        """Log in and keep the token for later requests."""
+        answer = self.json("POST", "/users/login", json={"email": email, "password": password})
+        self.token = str(answer["token"])
+        return self.token

@@ -1,0 +1,1 @@
+"""Reference workloads shipped with PyGrid for demos, tests and benchmarks (no downloads)."""
