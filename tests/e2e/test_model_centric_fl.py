@@ -71,13 +71,7 @@ def test_reference_workload_reaches_090_and_equals_fedavg_recomputed(
     owner, _, records = train(node, "digits-iid", shards)
     final = owner.retrieve_model("digits-iid", "1")
     # Assert: the Node's checkpoint is FedAvg of exactly the diffs the devices sent
-    expected = {n: p.detach().double() for n, p in digits.mlp().named_parameters()}
-    for record in records:
-        total = sum(o.num_samples for o in record.outcomes)
-        for name in expected:
-            step = sum(o.diff[name].double() * o.num_samples for o in record.outcomes) / total
-            expected[name] = expected[name] - step
-    for name, tensor in expected.items():
+    for name, tensor in _fedavg_replay(records).items():
         assert torch.allclose(final[name].double(), tensor, atol=1e-5), name
     assert digits.accuracy(final, data.x_test, data.y_test) >= 0.90
     checkpoints = [c["number"] for c in owner.status(1)["checkpoints"]]
@@ -224,3 +218,49 @@ def test_the_scheduler_closes_a_cycle_at_its_deadline_without_another_report(nod
     status = owner.status(hosted["process_id"])
     assert status["cycles"][0]["state"] == "closed" and status["cycles"][0]["diffs_received"] == 1
     assert status["cycles"][1]["state"] == "open"
+
+
+def _fedavg_replay(records: list[Any]) -> dict[str, torch.Tensor]:
+    """The FedAvg trajectory recomputed in-process from the diffs the devices sent."""
+    expected = {n: p.detach().double() for n, p in digits.mlp().named_parameters()}
+    for record in records:
+        total = sum(o.num_samples for o in record.outcomes)
+        for name in expected:
+            step = sum(o.diff[name].double() * o.num_samples for o in record.outcomes) / total
+            expected[name] = expected[name] - step
+    return expected
+
+
+@pytest.mark.postgres
+def test_two_replicas_on_postgresql_fold_each_cycle_exactly_once(
+    tmp_path: Path, postgres_server: Any, data: digits.Digits
+) -> None:
+    import requests
+
+    # Prepare: two replicas share one PostgreSQL database; each runs its own scheduler
+    url = postgres_server.create_database("fl_replicas")
+    port = free_port()
+    args = [
+        "node",
+        "--port",
+        str(port),
+        "--num_replicas",
+        "2",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
+    shards = digits.split_iid(data.x_train, data.y_train, 10)
+    with running(args, port, tmp_path / "log", env={**OWNER, "DATABASE_URL": url}) as server:
+        # Execute
+        owner, simulation, records = train(server, "replicated", shards, cycles=5)
+        status = owner.status(simulation.process_id)
+        final = owner.retrieve_model("replicated", "1")
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    # Assert
+    assert [c["number"] for c in status["checkpoints"]] == [0, 1, 2, 3, 4, 5]
+    assert [c["diffs_received"] for c in status["cycles"]] == [10] * 5
+    assert status["state"] == "completed"
+    for name, tensor in _fedavg_replay(records).items():
+        assert torch.allclose(final[name].double(), tensor, atol=1e-5), name
+    assert "pygrid_fl_cycles_closed_total 5.0" in metrics
+    assert 'pygrid_fl_reports_total{outcome="accepted"} 50.0' in metrics

@@ -445,3 +445,42 @@ def test_speed_test_and_speed_requirements(client: Any, owner_token: str) -> Non
         "/model-centric/cycle-request", json={"worker_id": worker, "model": "mnist", "download": 50}
     )
     assert fast.get_json()["status"] == "accepted"
+
+
+def test_downloads_need_the_right_key_and_stay_inside_the_process(
+    client: Any, owner_token: str
+) -> None:
+    host(client, owner_token)
+    host(client, owner_token, name="other")
+    worker = authenticate(client)
+    accepted = request_cycle(client, worker)
+    key = accepted["request_key"]
+    other_model = request_cycle(client, authenticate(client, name="other"), name="other")[
+        "model_id"
+    ]
+
+    def get(path: str, **query: Any) -> Any:
+        return client.get(f"/model-centric/{path}", query_string={"worker_id": worker, **query})
+
+    assert get("get-model", request_key="wrong", model_id=accepted["model_id"]).status_code == 401
+    assert get("get-model", request_key=key, model_id=other_model).status_code == 404
+    assert get("get-plan", request_key="wrong", plan_id=1).status_code == 401
+    assert get("get-plan", request_key=key, plan_id=999).status_code == 404
+    assert get("get-model", request_key=key, model_id=accepted["model_id"]).status_code == 200
+
+
+def test_metrics_count_reports_requests_and_closed_cycles(
+    app: Any, client: Any, owner_token: str
+) -> None:
+    host(client, owner_token)
+    worker = authenticate(client)
+    key = request_cycle(client, worker)["request_key"]
+    report(client, worker, key, b"garbage")
+    report(client, worker, key, serde.dump(a_diff()))
+    assert app.extensions["pygrid.scheduler"].run_once() == [1]  # the full cycle closes now
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'pygrid_fl_reports_total{outcome="accepted"} 1.0' in text
+    assert 'pygrid_fl_reports_total{outcome="rejected"} 1.0' in text
+    assert 'pygrid_fl_cycle_requests_total{outcome="accepted"} 1.0' in text
+    assert "pygrid_fl_cycles_closed_total 1.0" in text
+    assert "pygrid_fl_aggregation_seconds_count 1.0" in text

@@ -11,7 +11,7 @@ Every diff is ``original - trained`` (PyGrid's convention), so plain FedAvg is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,52 +105,33 @@ class Aggregator(Protocol):
     ) -> tuple[Tensors, Tensors, float | None]: ...
 
 
-def _fedavg(
-    config: AggregationConfig,
+ServerStep = Callable[..., tuple[Tensors, Tensors]]
+
+
+def _plain_step(
     params: Mapping[str, torch.Tensor],
-    diffs: Sequence[DiffSource],
+    mean: Tensors,
     state: Mapping[str, torch.Tensor],
-    **_: object,
-) -> tuple[Tensors, Tensors, float | None]:
-    assert isinstance(config, FedAvg)
-    mean = weighted_mean(params, diffs, dtype=torch.float64)
-    return apply_update(params, mean), {}, None
+    config: object,
+) -> tuple[Tensors, Tensors]:
+    return apply_update(params, mean), {}
 
 
-def _fedavgm(
-    config: AggregationConfig,
-    params: Mapping[str, torch.Tensor],
-    diffs: Sequence[DiffSource],
-    state: Mapping[str, torch.Tensor],
-    **_: object,
-) -> tuple[Tensors, Tensors, float | None]:
-    assert isinstance(config, FedAvgM)
-    mean = weighted_mean(params, diffs, dtype=torch.float64)
-    return (*fedavgm_step(params, mean, state, config), None)
+def _weighted_mean_then(step: ServerStep, kind: type) -> Aggregator:
+    """FedAvg and the server optimisers share one shape: stream the weighted mean, then step."""
 
+    def run(
+        config: AggregationConfig,
+        params: Mapping[str, torch.Tensor],
+        diffs: Sequence[DiffSource],
+        state: Mapping[str, torch.Tensor],
+        **_: object,
+    ) -> tuple[Tensors, Tensors, float | None]:
+        assert isinstance(config, kind)
+        mean = weighted_mean(params, diffs, dtype=torch.float64)
+        return (*step(params, mean, state, config), None)
 
-def _fedadam(
-    config: AggregationConfig,
-    params: Mapping[str, torch.Tensor],
-    diffs: Sequence[DiffSource],
-    state: Mapping[str, torch.Tensor],
-    **_: object,
-) -> tuple[Tensors, Tensors, float | None]:
-    assert isinstance(config, FedAdam)
-    mean = weighted_mean(params, diffs, dtype=torch.float64)
-    return (*fedadam_step(params, mean, state, config), None)
-
-
-def _fedyogi(
-    config: AggregationConfig,
-    params: Mapping[str, torch.Tensor],
-    diffs: Sequence[DiffSource],
-    state: Mapping[str, torch.Tensor],
-    **_: object,
-) -> tuple[Tensors, Tensors, float | None]:
-    assert isinstance(config, FedYogi)
-    mean = weighted_mean(params, diffs, dtype=torch.float64)
-    return (*fedyogi_step(params, mean, state, config), None)
+    return run
 
 
 def _median(
@@ -208,10 +189,10 @@ def _dp_fedavg(
 
 #: ``config.method`` -> the function that aggregates with it.
 AGGREGATORS: dict[str, Aggregator] = {
-    "fedavg": _fedavg,
-    "fedavgm": _fedavgm,
-    "fedadam": _fedadam,
-    "fedyogi": _fedyogi,
+    "fedavg": _weighted_mean_then(_plain_step, FedAvg),
+    "fedavgm": _weighted_mean_then(fedavgm_step, FedAvgM),
+    "fedadam": _weighted_mean_then(fedadam_step, FedAdam),
+    "fedyogi": _weighted_mean_then(fedyogi_step, FedYogi),
     "median": _median,
     "trimmed_mean": _trimmed_mean,
     "dp_fedavg": _dp_fedavg,

@@ -233,24 +233,28 @@ def find_assignment(session: Session, device_id: str, request_key: str) -> Assig
     return assignment
 
 
+def _cycle_of(session: Session, device_id: str, request_key: str) -> Cycle:
+    cycle = session.get(Cycle, find_assignment(session, device_id, request_key).cycle_id)
+    assert cycle is not None, "assignments cascade with their cycle"
+    return cycle
+
+
 def authorise_model(
     session: Session, device_id: str, request_key: str, model_id: int
 ) -> Checkpoint:
     """The checkpoint a device may download with its request key."""
-    assignment = find_assignment(session, device_id, request_key)
-    cycle = session.get(Cycle, assignment.cycle_id)
+    cycle = _cycle_of(session, device_id, request_key)
     checkpoint = session.get(Checkpoint, model_id)
-    if cycle is None or checkpoint is None or checkpoint.process_id != cycle.process_id:
+    if checkpoint is None or checkpoint.process_id != cycle.process_id:
         raise NotFound(f"no model {model_id} for this request", {"field": "model_id"})
     return checkpoint
 
 
 def authorise_plan(session: Session, device_id: str, request_key: str, plan_id: int) -> Plan:
     """The plan a device may download with its request key."""
-    assignment = find_assignment(session, device_id, request_key)
-    cycle = session.get(Cycle, assignment.cycle_id)
+    cycle = _cycle_of(session, device_id, request_key)
     plan = session.get(Plan, plan_id)
-    if cycle is None or plan is None or plan.process_id != cycle.process_id:
+    if plan is None or plan.process_id != cycle.process_id:
         raise NotFound(f"no plan {plan_id} for this request", {"field": "plan_id"})
     return plan
 
