@@ -3,7 +3,7 @@
 #
 # - installs the system packages the tests need (PostgreSQL), when missing and we may (root + apt);
 # - creates .venv with Python 3.11+;
-# - installs torch (pinned CPU build) first, then `pip install -e ".[dev,aws]"`.
+# - installs torch (pinned CPU build) first, then `pip install -e ".[dev,aws,gcp,azure]"`.
 #
 # The Python installs are skipped while .venv/.pygrid-setup-stamp holds the hash of setup.py and
 # of this script, so a second run takes well under a second.
@@ -97,13 +97,29 @@ ensure_python_packages() {
     "${pip[@]}" install --upgrade pip setuptools wheel
     say "installing $TORCH_SPEC (CPU build)"
     "${pip[@]}" install "$TORCH_SPEC"
-    say "installing pygrid in editable mode with extras dev, aws"
+    say "installing pygrid in editable mode with extras dev, aws, gcp, azure"
     # No build isolation: setuptools and wheel were just upgraded in .venv; saves a download.
-    "${pip[@]}" install --no-build-isolation -e ".[dev,aws]"
+    "${pip[@]}" install --no-build-isolation -e ".[dev,aws,gcp,azure]"
     printf '%s\n' "$want" >"$STAMP"
+}
+
+# checkov scans the Terraform modules offline. It pins boto3 and attrs versions that clash with
+# PyGrid's own, so it lives in a venv of its own: .tools/checkov (tests find it there).
+CHECKOV_SPEC="checkov>=3.2,<4"
+ensure_checkov() {
+    local tools="$ROOT/.tools/checkov" want
+    want="$(printf '%s' "$CHECKOV_SPEC" | sha256sum | cut -d' ' -f1)"
+    if [[ -x $tools/bin/checkov && -f $tools/.stamp && $(<"$tools/.stamp") == "$want" ]]; then
+        return 0
+    fi
+    say "installing $CHECKOV_SPEC into .tools/checkov"
+    quiet "$(find_python)" -m venv --clear "$tools"
+    quiet "$tools/bin/python" -m pip --disable-pip-version-check install "$CHECKOV_SPEC"
+    printf '%s\n' "$want" >"$tools/.stamp"
 }
 
 ensure_system_packages
 ensure_venv
 ensure_python_packages
+ensure_checkov
 say "ready in $((SECONDS - START)) s"
