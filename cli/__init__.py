@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from pygrid.cli import db, grid, servers
+from pygrid.cli import db, demo, deploy, grid, servers
 
 app = typer.Typer(
     name="pygrid",
@@ -24,7 +24,11 @@ app.command("network")(servers.network)
 app.command("up")(grid.up)
 app.command("down")(grid.down)
 app.command("status")(grid.status)
+app.command("deploy")(deploy.deploy)
+app.command("destroy")(deploy.destroy)
+app.command("compose")(deploy.compose)
 app.add_typer(db.app, name="db")
+app.add_typer(demo.app, name="demo")
 
 
 def _print_version(value: bool) -> None:

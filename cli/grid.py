@@ -97,18 +97,21 @@ def status(
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show each member of the local grid and its health."""
+    """Show the local grid's members and every cloud deployment, with their health."""
+    from pygrid.cli.deploy import cloud_report, cloud_table
     from pygrid.localgrid import LocalGrid, LocalGridError
 
     try:
         report = LocalGrid().health()
     except LocalGridError as exc:
         raise fail(exc.message) from None
+    cloud = cloud_report()
     if output is OutputFormat.json:
-        # "cloud" is filled in by cloud deployments; the key is there so readers can rely on it.
-        typer.echo(json.dumps({"local": [h.to_json() for h in report], "cloud": []}, indent=2))
+        typer.echo(json.dumps({"local": [h.to_json() for h in report], "cloud": cloud}, indent=2))
         return
     out = _console()
+    if cloud:
+        out.print(cloud_table(cloud))
     if not report:
         out.print("No local grid is running. Start one with: pygrid up")
         return

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pygrid.config import AppKind
+from pygrid.choices import AppKind
 
 DataDir = Annotated[
     Path | None,

@@ -6,21 +6,15 @@ Unknown fields are errors, never silently ignored (DESIGN.md section 3).
 from __future__ import annotations
 
 import os
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from pygrid.choices import AppKind
+
 DEFAULT_PORTS = {"node": 5000, "network": 7000}
 MIB = 1024 * 1024
-
-
-class AppKind(StrEnum):
-    """Which server a process runs."""
-
-    node = "node"
-    network = "network"
 
 
 def pygrid_home() -> Path:

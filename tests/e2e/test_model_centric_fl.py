@@ -264,3 +264,18 @@ def test_two_replicas_on_postgresql_fold_each_cycle_exactly_once(
         assert torch.allclose(final[name].double(), tensor, atol=1e-5), name
     assert "pygrid_fl_cycles_closed_total 5.0" in metrics
     assert 'pygrid_fl_reports_total{outcome="accepted"} 50.0' in metrics
+
+
+def test_the_sdk_logs_in_again_when_its_token_stops_working(node: Server) -> None:
+    owner = owner_client(node.url)
+    owner.http.token = "expired-or-revoked"
+    client_config = {
+        "name": "relogin",
+        "version": "1",
+        "batch_size": 4,
+        "lr": 0.1,
+        "max_updates": 1,
+    }
+    hosted = owner.host_federated_training(digits.mlp(), client_config, {"max_workers": 1})
+    assert owner.status(hosted["process_id"])["name"] == "relogin"
+    assert owner.http.token != "expired-or-revoked"

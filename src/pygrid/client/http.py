@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -25,6 +26,11 @@ class HttpClient:
         self.token = token
         self.timeout = timeout
         self.session = requests.Session()
+        # A proxy from the environment must not see traffic to this machine's own servers.
+        host = urlsplit(self.url).hostname or ""
+        if host in {"localhost", "::1"} or host.startswith("127."):
+            self.session.trust_env = False
+        self._credentials: tuple[str, str] | None = None
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -41,6 +47,15 @@ class HttpClient:
             )
         except requests.RequestException as exc:
             raise GridError(None, f"cannot reach {self.url}: {exc.__class__.__name__}") from exc
+        if response.status_code == 401 and self._credentials and path != "/users/login":
+            # Login tokens are short-lived: a long run logs in again once, then retries.
+            self.login(*self._credentials)
+            headers["Authorization"] = f"Bearer {self.token}"
+            for upload in (kwargs.get("files") or {}).values():
+                upload[1].seek(0)  # the first attempt consumed the file objects
+            response = self.session.request(
+                method, f"{self.url}{path}", headers=headers, timeout=self.timeout, **kwargs
+            )
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -59,4 +74,5 @@ class HttpClient:
         """Log in and keep the token for later requests."""
         answer = self.json("POST", "/users/login", json={"email": email, "password": password})
         self.token = str(answer["token"])
+        self._credentials = (email, password)
         return self.token

@@ -120,13 +120,16 @@ def request_cycle(
     if cycle is None:
         return rejected(1.0, "the last cycle is being aggregated")
     wait = seconds_until(cycle.deadline, now)
+    # A device that already reported waits for this cycle to close, which at max_diffs can be
+    # long before the deadline: have it look again after a slice of the cycle, not the whole.
+    soon = min(wait, max(5.0, config.cycle_length / 60))
     previous = session.scalar(
         select(Assignment).where(Assignment.cycle_id == cycle.id, Assignment.device_id == device.id)
     )
     request_key = secrets.token_urlsafe(32)
     if previous is not None:
         if previous.reported_at is not None:
-            return rejected(wait, "this device already reported in this cycle")
+            return rejected(soon, "this device already reported in this cycle")
         # A device that lost our answer asks again: same place, fresh key.
         previous.request_key_hash = hash_key(request_key)
         session.commit()

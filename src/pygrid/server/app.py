@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
 from typing import Any
 
 from flask import Blueprint, Flask
+from flask.json.provider import DefaultJSONProvider
 
 from pygrid.config import AppKind, ServerSettings, settings_from_env
 from pygrid.server.auth import Auth
@@ -17,6 +19,19 @@ from pygrid.server.errors import register_error_handlers
 from pygrid.server.metrics import Metrics
 
 ConfigArg = ServerSettings | Mapping[str, Any] | None
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Datetimes as ISO 8601 (Flask's default is the HTTP date format), keys in given order."""
+
+    sort_keys = False
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        """ISO 8601 for dates; Flask's handling for the rest."""
+        if isinstance(o, datetime | date):
+            return o.isoformat()
+        return DefaultJSONProvider.default(o)
 
 
 def resolve_settings(app: AppKind, config: ConfigArg) -> tuple[ServerSettings, dict[str, Any]]:
@@ -40,6 +55,7 @@ def build_app(
     settings, flask_overrides = resolve_settings(app_kind, config)
     prepared = prepare(settings)
     app = Flask(import_name)
+    app.json = JSONProvider(app)
     app.config.update(
         SECRET_KEY=prepared.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
@@ -47,7 +63,6 @@ def build_app(
         PYGRID_STARTED_AT=time.time(),
     )
     app.config.update(flask_overrides)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
     Database(prepared.engine).init_app(app)
     Auth(prepared.secret_key, settings.issuer, settings.token_ttl_seconds).init_app(app)
