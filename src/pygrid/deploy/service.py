@@ -16,7 +16,7 @@ from typing import Any
 from pygrid.deploy import records
 from pygrid.deploy.options import Cloud, DeployOptions
 from pygrid.deploy.records import Deployment, Status
-from pygrid.deploy.render import load_problems, render
+from pygrid.deploy.render import check_offline, render
 from pygrid.deploy.terraform import OnLine, Terraform
 
 REGION_PATTERNS = {
@@ -36,6 +36,7 @@ class Rendered:
     directory: Path
     problems: list[str]
     validated_with_provider: bool
+    note: str = ""
 
 
 def provider_for(options: DeployOptions | dict[str, Any]) -> Any:
@@ -44,11 +45,16 @@ def provider_for(options: DeployOptions | dict[str, Any]) -> Any:
 
     opts = options if isinstance(options, dict) else options.model_dump(mode="json")
     cloud = opts["cloud"]
-    settings: dict[str, Any] = {"region": opts["region"]}
-    if opts.get("endpoint_url"):
-        settings["endpoint_url"] = opts["endpoint_url"]
+    settings: dict[str, Any] = {"endpoint_url": opts.get("endpoint_url")}
+    if cloud == "aws":
+        settings["region"] = opts["region"]
+    else:
+        # GCP's managed instance groups and Azure's scale sets keep no bounds of their own:
+        # the provider enforces the deployment's.
+        settings["minimum"] = opts.get("workers_min", 0)
+        settings["maximum"] = opts.get("workers_max", 0)
     if cloud == "gcp":
-        settings["project"] = opts.get("project")
+        settings.update(project=opts.get("project"), region=opts["region"])
     if cloud == "azure":
         settings["subscription_id"] = opts.get("subscription_id")
     return get_provider(cloud, **settings)
@@ -84,16 +90,21 @@ def render_checked(options: DeployOptions, terraform: Terraform | None = None) -
     """Render into the deployment folder and check it loads (and validates, where possible)."""
     directory = records.folder(options.name)
     render(options, directory)
-    problems = load_problems(directory)
+    problems = check_offline(options, directory)
     validated = False
-    if not problems and terraform is not None and terraform.binary and options.cloud is Cloud.aws:
+    note = "provider schema not checked: no terraform binary on PATH"
+    if options.cloud is not Cloud.aws:
+        note = f"provider schema not checked: the {options.cloud} provider plugin is not installed here"
+    elif not problems and terraform is not None and terraform.binary:
         init = terraform.init()
-        if init.ok:
+        if not init.ok:
+            note = f"provider schema not checked: terraform init failed ({init.tail(1)})"
+        else:
             result = terraform.validate()
             validated = result.ok
             if not result.ok:
                 problems.append(result.tail())
-    return Rendered(directory, problems, validated)
+    return Rendered(directory, problems, validated, note)
 
 
 def start(options: DeployOptions, resume: bool) -> Deployment:
