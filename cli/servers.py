@@ -77,9 +77,15 @@ def fail(message: str) -> typer.Exit:
 def _settings(values: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
-    from pygrid.config import ServerSettings, default_data_dir
+    from pygrid.config import COMMON_ENV_VARS, ServerSettings, default_data_dir
 
     values = {k: v for k, v in values.items() if v is not None}
+    # Settings with no CLI option come from the environment only (PYGRID_MAX_CONTENT_LENGTH, ...).
+    # (Not DATABASE_URL & co: their options already read them, and --start_local_db overrides.)
+    for field in ("max_content_length", "token_ttl_seconds", "scheduler_interval"):
+        var = COMMON_ENV_VARS[field]
+        if field not in values and os.environ.get(var):
+            values[field] = os.environ[var]
     values.setdefault("data_dir", default_data_dir(values["app"], values["id"]))
     try:
         return ServerSettings.model_validate(values)

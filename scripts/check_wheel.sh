@@ -70,6 +70,12 @@ REQUIRED = [
     "pygrid/apps/__init__.py",
     "pygrid/apps/node/run.sh",
     "pygrid/db/migrations/env.py",
+    "pygrid/db/migrations/versions/0002_model_centric_fl.py",
+    "pygrid/infra/aws/main.tf",
+    "pygrid/infra/gcp/main.tf",
+    "pygrid/infra/azure/main.tf",
+    "pygrid/templates/root.tf.j2",
+    "pygrid/templates/app-startup.sh.j2",
     "pygrid/infra/__init__.py",
     "pygrid/templates/__init__.py",
 ]

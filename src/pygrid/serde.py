@@ -364,6 +364,24 @@ def _check_expected(spec: ParamsSpec, expected: ParamsSpec) -> None:
         raise TensorPayloadError("; ".join(problems))
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True if no element of ``tensor`` is NaN or infinite."""
+    import torch
+
+    if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+        return True
+    # A sum is finite only if every element is, and it is several times cheaper than isfinite()
+    # (1.5 ms against 30-120 ms for a 40 MB diff); a non-finite sum may be a mere overflow, so
+    # that case is confirmed element by element.
+    if tensor.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+        total = tensor.sum()
+    else:  # half precision overflows at 65504: sum in single precision
+        total = tensor.sum(dtype=torch.complex64 if tensor.is_complex() else torch.float32)
+    if bool(torch.isfinite(total)):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def _check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
     import torch
 
@@ -371,7 +389,7 @@ def _check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
     for name, tensor in tensors.items():
         if _dtype_name(tensor) not in _FLOATING or tensor.numel() == 0:
             continue
-        if bool(torch.isfinite(tensor).all()):
+        if all_finite(tensor):
             continue
         nan = int(torch.isnan(tensor).sum())
         inf = int(torch.isinf(tensor).sum())

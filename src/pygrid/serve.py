@@ -86,6 +86,9 @@ def serve(settings: ServerSettings, app_factory: Callable[[ServerSettings], Any]
         "threads": settings.threads,
         "timeout": 120,
         "graceful_timeout": 10,
+        # gunicorn's default of 2 s races clients that reuse a connection after ~2 s idle (a
+        # reset POST, seen in the FL benchmarks); idle connections cost no thread with gthread.
+        "keepalive": 30,
         "proc_name": f"pygrid-{settings.app}-{settings.id}",
         "accesslog": "-",
         "errorlog": "-",

@@ -234,3 +234,19 @@ def test_node_keeps_blobs_in_s3_when_told(tmp_path: Path) -> None:
     assert (
         missing.returncode == 1 and "blob store s3://no-such-bucket is not usable" in missing.stderr
     )
+
+
+def test_settings_without_options_come_from_the_environment(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"PYGRID_MAX_CONTENT_LENGTH": "2048", "DATABASE_URL": "postgresql://u@127.0.0.1:1/nope"}
+    args = ["node", "--port", str(port), "--data-dir", str(tmp_path / "d"), "--start_local_db"]
+    with running(args, port, tmp_path / "log", env=env) as server:
+        big = requests.post(
+            f"{server.url}/users/login",
+            data="x" * 5000,
+            timeout=5,
+            headers={"Content-Type": "application/json"},
+        )
+        status = requests.get(f"{server.url}/status", timeout=5).json()
+    assert big.status_code == 413
+    assert status["database"]["backend"] == "sqlite"  # --start_local_db wins over DATABASE_URL

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from pygrid.aggregation.sources import DiffSource, MemoryDiff, check_diff, check_params
+from pygrid.serde import all_finite
 
 __all__ = ["StreamingSum", "WeightedMean", "all_finite", "cast_like", "weighted_mean"]
 
@@ -28,21 +29,6 @@ def cast_like(value: torch.Tensor, like: torch.Tensor | torch.dtype) -> torch.Te
         return value.to(dtype)
     # truncation would bias every integer buffer (e.g. a step counter) towards zero
     return value.round().to(dtype)
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """True if no element of ``tensor`` is NaN or infinite."""
-    if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
-        return True
-    # A sum is finite only if every element is, and it is several times cheaper than isfinite();
-    # a non-finite sum may just be an overflow, so that case is confirmed element by element.
-    if tensor.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128):
-        total = tensor.sum()
-    else:  # half precision overflows at 65504: sum in single precision
-        total = tensor.sum(dtype=torch.complex64 if tensor.is_complex() else torch.float32)
-    if bool(torch.isfinite(total)):
-        return True
-    return bool(torch.isfinite(tensor).all())
 
 
 class StreamingSum:
