@@ -99,6 +99,12 @@ def deploy(
             show_default=False,
         ),
     ] = None,
+    image_id: Annotated[
+        str | None,
+        typer.Option(
+            "--image-id", help="VM image (default: the cloud's Debian 12).", show_default=False
+        ),
+    ] = None,
     ssh_public_key: Annotated[
         Path | None,
         typer.Option(
@@ -152,6 +158,7 @@ def deploy(
             subscription_id=subscription_id,
             endpoint_url=os.environ.get(ENDPOINT_ENV[provider]) or None,
             ssh_public_key=_read_key(ssh_public_key),
+            image_id=image_id,
         )
     except ValidationError as exc:
         problems = "; ".join(

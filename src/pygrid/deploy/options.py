@@ -52,6 +52,7 @@ class DeployOptions(BaseModel):
     subscription_id: str | None = None
     endpoint_url: str | None = None
     ssh_public_key: str | None = None
+    image_id: str | None = None
 
     @field_validator("allowed_cidrs", "app_cidrs")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 from pygrid.deploy.options import OUTPUTS, TORCH_VERSION, Cloud, DeployOptions, StateKind
 
 # Every AWS API the module touches; with an endpoint override all of them go to the stand-in.
-AWS_SERVICES = ("autoscaling", "ec2", "iam", "rds", "s3", "secretsmanager", "ssm", "sts")
+AWS_SERVICES = ("autoscaling", "ec2", "iam", "kms", "rds", "s3", "secretsmanager", "ssm", "sts")
 STATE_BACKENDS = {Cloud.aws: "s3", Cloud.gcp: "gcs", Cloud.azure: "azurerm"}
 
 
@@ -76,6 +76,8 @@ def render(options: DeployOptions, directory: Path, backend: bool = True) -> Non
         "instance_type": options.instance_type,
         "worker_instance_type": options.worker_instance_type,
     }
+    if options.image_id:
+        extra["image_id"] = options.image_id
     ssh_key = options.ssh_public_key or (
         ssh_key_pair(directory) if options.cloud is Cloud.azure else None
     )
