@@ -85,9 +85,13 @@ def test_dry_run_renders_a_clean_deployment_with_no_credentials(
     for script in ("app-startup.sh", "worker-startup.sh"):
         assert subprocess.run(["bash", "-n", str(folder / script)]).returncode == 0
     app_script = (folder / "app-startup.sh").read_text()
-    assert f'"pygrid[{cloud}]==' in app_script and "Restart=on-failure" in app_script
-    assert "torch==2.13.0" in app_script
-    assert "--host 0.0.0.0" in app_script
+    lines = app_script.splitlines()
+    assert f'"pygrid[{cloud}]==' in app_script and "torch==2.13.0" in app_script
+    assert "Restart=on-failure" in lines
+    (exec_start,) = [line for line in lines if line.startswith("ExecStart=")]
+    assert exec_start.startswith("ExecStart=/opt/pygrid/start.sh node --host 0.0.0.0 --port 5000")
+    fetch = app_script.split("cat > /opt/pygrid/database_url.py <<'PY'\n")[1].split("\nPY\n")[0]
+    compile(fetch, "database_url.py", "exec")  # the secret-store snippet is valid Python
 
 
 def test_dry_run_can_be_repeated_and_destroyed_cleanly(no_credentials: dict[str, str]) -> None:

