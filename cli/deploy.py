@@ -8,6 +8,8 @@ equivalents) point every cloud API at a local stand-in such as moto, for tests.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -187,13 +189,7 @@ def deploy(
             raise typer.Exit(1)
         terraform = Terraform(rendered.directory)
         err.print(f"Running Terraform ({terraform.engine}) in {rendered.directory}")
-        with err.status("terraform apply …") as spinner:
-
-            def show(line: str) -> None:
-                if line.strip():
-                    err.print(f"  {line}", markup=False, highlight=False)
-                    spinner.update(f"terraform: {line.strip()[:100]}")
-
+        with _terraform_progress(err, "terraform apply …") as show:
             service.apply(options, deployment, terraform, show)
     except service.DeployError as exc:
         raise fail(str(exc)) from None
@@ -273,13 +269,7 @@ def destroy(
         raise typer.Exit(1)
     err = _console(stderr=True)
     try:
-        with err.status("terraform destroy …") as spinner:
-
-            def show(line: str) -> None:
-                if line.strip():
-                    err.print(f"  {line}", markup=False, highlight=False)
-                    spinner.update(f"terraform: {line.strip()[:100]}")
-
+        with _terraform_progress(err, "terraform destroy …") as show:
             service.destroy(name, show)
     except service.DeployError as exc:
         raise fail(str(exc)) from None
@@ -333,6 +323,19 @@ def cloud_table(report: list[dict[str, Any]]) -> Any:
             f"{running} running / {workers['desired']} desired" if workers else "-",
         )
     return table
+
+
+@contextmanager
+def _terraform_progress(err: Any, title: str) -> Iterator[Callable[[str], None]]:
+    """A spinner showing Terraform's latest line, with every line printed above it."""
+    with err.status(title) as spinner:
+
+        def show(line: str) -> None:
+            if line.strip():
+                err.print(f"  {line}", markup=False, highlight=False)
+                spinner.update(f"terraform: {line.strip()[:100]}")
+
+        yield show
 
 
 def _console(stderr: bool = False) -> Any:

