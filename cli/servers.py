@@ -82,7 +82,7 @@ def _settings(values: dict[str, Any]) -> Any:
     values = {k: v for k, v in values.items() if v is not None}
     # Settings with no CLI option come from the environment only (PYGRID_MAX_CONTENT_LENGTH, ...).
     # (Not DATABASE_URL & co: their options already read them, and --start_local_db overrides.)
-    for field in ("max_content_length", "token_ttl_seconds", "scheduler_interval"):
+    for field in ("max_content_length", "token_ttl_seconds", "scheduler_interval", "lease_seconds"):
         var = COMMON_ENV_VARS[field]
         if field not in values and os.environ.get(var):
             values[field] = os.environ[var]

@@ -13,11 +13,24 @@ from pygrid.server.bootstrap import Prepared
 
 def create_app(config: ConfigArg = None) -> Flask:
     """Build a Node app: defaults, then the environment, then ``config`` (settings or a dict)."""
-    from pygrid.apps.node import model_centric
+    from pygrid.apps.node import data_centric, model_centric, worker_api
 
     return build_app(
-        __name__, AppKind.node, config, blueprints=(model_centric.bp,), setup=_start_scheduler
+        __name__,
+        AppKind.node,
+        config,
+        blueprints=(model_centric.bp, data_centric.bp, worker_api.bp),
+        setup=_setup,
     )
+
+
+def _setup(app: Flask, prepared: Prepared) -> None:
+    from pygrid.data_centric.queue import QueueSignal
+    from pygrid.server.auth import WorkerAuth
+
+    WorkerAuth().init_app(app)
+    app.extensions["pygrid.queue"] = QueueSignal()
+    _start_scheduler(app, prepared)
 
 
 def _start_scheduler(app: Flask, prepared: Prepared) -> None:

@@ -7,7 +7,6 @@ authorised by the worker_id and request_key the protocol hands out, not by user 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -19,12 +18,12 @@ from pygrid.model_centric import cycles, processes
 from pygrid.model_centric.configs import ClientConfig, ServerConfig
 from pygrid.server.database import db_session
 from pygrid.server.endpoint import endpoint
+from pygrid.server.transfer import STREAM_CHUNK, file_field, stream_blob
 
 bp = Blueprint("model_centric", __name__, url_prefix="/model-centric")
 
 PLAN_PREFIX = "plan:"
 MAX_SPEED_TEST_BYTES = 16 * 1024 * 1024
-STREAM_CHUNK = 1024 * 1024
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Version = Annotated[str, Field(min_length=1, max_length=50)]
@@ -140,28 +139,6 @@ def _fl_metrics() -> Any:
     return current_app.extensions["pygrid.metrics"]
 
 
-def _file(name: str) -> bytes:
-    upload = request.files.get(name)
-    if upload is None:
-        raise InvalidInput(f"file field {name!r} is missing", {"field": name})
-    return upload.read()
-
-
-def _stream(key: str) -> Response:
-    store = current_app.extensions["pygrid.blobs"]
-    size = store.size(key)
-    handle = store.open(key)
-
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            while chunk := handle.read(STREAM_CHUNK):
-                yield chunk
-
-    response = Response(chunks(), mimetype="application/octet-stream")
-    response.headers["Content-Length"] = str(size)
-    return response
-
-
 @endpoint(
     bp,
     "/host-training",
@@ -191,7 +168,7 @@ def host_training(form: HostTrainingForm) -> Hosted:
         g.user,
         form.client_config,
         form.server_config,
-        _file("model"),
+        file_field("model"),
         plan_files,
         _limits(),
     )
@@ -276,14 +253,14 @@ def get_model(query: DownloadQuery) -> Response:
     checkpoint = cycles.authorise_model(
         db_session(), query.worker_id, query.request_key, query.model_id
     )
-    return _stream(checkpoint.blob_key)
+    return stream_blob(checkpoint.blob_key)
 
 
 @endpoint(bp, "/get-plan", summary="Download a plan (TorchScript)", public=True, query=PlanQuery)
 def get_plan(query: PlanQuery) -> Response:
     """The plan the request key opens."""
     plan = cycles.authorise_plan(db_session(), query.worker_id, query.request_key, query.plan_id)
-    return _stream(plan.blob_key)
+    return stream_blob(plan.blob_key)
 
 
 @endpoint(
@@ -307,7 +284,7 @@ def report(form: ReportForm) -> Ok:
             form.request_key,
             form.num_samples,
             form.metrics,
-            _file("diff"),
+            file_field("diff"),
             current_app.config["MAX_CONTENT_LENGTH"],
         )
     except Exception:
@@ -330,7 +307,7 @@ def retrieve_model(query: RetrieveQuery) -> Response:
     session = db_session()
     process = processes.find_process(session, query.name, query.version)
     processes.check_may_manage(g.user, process)
-    return _stream(processes.find_checkpoint(session, process, query.checkpoint).blob_key)
+    return stream_blob(processes.find_checkpoint(session, process, query.checkpoint).blob_key)
 
 
 @endpoint(bp, "/processes", summary="Your FL processes", permission=Permission.host_processes)

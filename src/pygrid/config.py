@@ -50,6 +50,8 @@ class ServerSettings(BaseModel):
     # How often each replica looks for FL cycles past their deadline; 0 turns the thread off
     # (tests then close cycles themselves).
     scheduler_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    # How long a Worker holds a data-centric job without a heartbeat before it is requeued.
+    lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
 
     @field_validator("network_url")
     @classmethod
@@ -124,6 +126,7 @@ COMMON_ENV_VARS = {
     "max_content_length": "PYGRID_MAX_CONTENT_LENGTH",
     "token_ttl_seconds": "PYGRID_TOKEN_TTL_SECONDS",
     "scheduler_interval": "PYGRID_SCHEDULER_INTERVAL",
+    "lease_seconds": "PYGRID_LEASE_SECONDS",
 }
 DEFAULT_IDS = {AppKind.node: "default", AppKind.network: "network"}
 

@@ -183,3 +183,115 @@ class Assignment(Base):
     num_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     folded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Dataset(Base):
+    """A private dataset: metadata and schema here, the columns and mock sample in the blob store."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(String(5000), default="")
+    tags: Mapped[list] = mapped_column(JSON)
+    # rows, target, source_format, columns: see docs/data-centric.md
+    schema: Mapped[dict] = mapped_column(JSON)
+    blob_key: Mapped[str] = mapped_column(String(300))
+    mock_key: Mapped[str] = mapped_column(String(300))
+    mock_generated: Mapped[bool] = mapped_column(Boolean, default=True)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # a finished DP result costing at most this much is released without a sign-off
+    auto_release_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Job(Base):
+    """A data scientist's request to run code on a dataset, from review to released result."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
+    # kept so the history reads well after the dataset is gone
+    dataset_name: Mapped[str] = mapped_column(String(200))
+    requester_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    # submitted files by name (model, plan, params) -> blob key
+    files: Mapped[dict] = mapped_column(JSON)
+    ops: Mapped[list] = mapped_column(JSON)
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    review_reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    reviewed_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # a fresh random id per claim fences out a Worker that lost its lease
+    lease_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    result_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(4000), nullable=True)
+    withheld_reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Budget(Base):
+    """How much epsilon one data scientist may spend on one dataset, and how much they have."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("dataset_id", "user_id", name="uq_budgets_dataset_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    epsilon_limit: Mapped[float] = mapped_column(Float)
+    epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WorkerToken(Base):
+    """A credential a Worker presents to its Node; only a hash of the secret is kept."""
+
+    __tablename__ = "worker_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class AuditEvent(Base):
+    """One step of the data-centric story: who did what to which dataset or job, and when."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    # "user:<email>" or "worker:<token name>#<id>"
+    actor: Mapped[str] = mapped_column(String(300))
+    dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    detail: Mapped[dict] = mapped_column(JSON)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from pygrid.auth.tokens import TokenError, decode_token
-from pygrid.db.models import User
+from pygrid.db.models import User, WorkerToken
 from pygrid.errors import Unauthorized
 from pygrid.server.database import db_session
 from pygrid.server.endpoint import bearer_token
@@ -34,3 +34,17 @@ class Auth:
         if user is None or user.token_version != claims.version or user.role != claims.role:
             raise Unauthorized("token is no longer valid; log in again")
         return user
+
+
+class WorkerAuth:
+    """Checks worker tokens (``pgw_...``) on Worker routes (``init_app`` style)."""
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app``."""
+        app.extensions["pygrid.workers"] = self
+
+    def current_worker(self) -> WorkerToken:
+        """The live worker token the request carries; Unauthorized otherwise."""
+        from pygrid.data_centric.worker_tokens import authenticate
+
+        return authenticate(db_session(), bearer_token())

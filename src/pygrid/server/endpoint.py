@@ -29,6 +29,7 @@ class RouteSpec:
     methods: tuple[str, ...]
     public: bool
     permission: Permission | None
+    worker: bool = False
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     form: type[BaseModel] | None = None
@@ -102,6 +103,7 @@ def endpoint(
     summary: str,
     permission: Permission | None = None,
     public: bool = False,
+    worker: bool = False,
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     form: type[BaseModel] | None = None,
@@ -110,14 +112,18 @@ def endpoint(
     status: int = 200,
     content: str = "application/json",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a view on ``bp``; see the module docstring for what it does before the view runs."""
-    if set(methods) & MUTATING_METHODS and not public and permission is None:
+    """Register a view on ``bp``; see the module docstring for what it does before the view runs.
+
+    ``worker=True`` routes take a worker token instead of a user token (``g.worker``).
+    """
+    if set(methods) & MUTATING_METHODS and not (public or worker) and permission is None:
         raise TypeError(f"mutating route {rule} must declare a permission (or public=True)")
     spec = RouteSpec(
         summary=summary,
         methods=methods,
         public=public,
         permission=permission,
+        worker=worker,
         body=body,
         query=query,
         form=form,
@@ -131,7 +137,9 @@ def endpoint(
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(**kwargs: Any) -> Any:
-            if not public:
+            if worker:
+                g.worker = current_app.extensions["pygrid.workers"].current_worker()
+            elif not public:
                 user = current_app.extensions["pygrid.auth"].current_user()
                 if permission is not None and not has_permission(user.role, permission):
                     raise Forbidden(f"this needs the {permission} permission", {"role": user.role})
@@ -144,7 +152,7 @@ def endpoint(
                 kwargs["query"] = parse_model(query, _query_dict(), "query")
             result = view(**kwargs)
             if isinstance(result, BaseModel):
-                out: Response = jsonify(result.model_dump(mode="json"))
+                out: Response = jsonify(result.model_dump(mode="json", by_alias=True))
                 out.status_code = status
                 return out
             return result

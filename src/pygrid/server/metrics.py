@@ -54,6 +54,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.jobs_claimed = Counter(
+            "pygrid_jobs_claimed", "Data-centric jobs leased to Workers", registry=self.registry
+        )
+        self.jobs_finished = Counter(
+            "pygrid_jobs_finished",
+            "Data-centric job reports from Workers, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def init_app(self, app: Flask) -> None:
         """Time every request of ``app``."""
         app.extensions["pygrid.metrics"] = self

@@ -88,7 +88,10 @@ def build_openapi(app: Flask, title: str) -> dict[str, Any]:
                 if spec.response is not None:
                     ok["content"] = {spec.content: {"schema": _schema(spec.response, components)}}
                 responses[str(spec.status)] = ok
-                if not spec.public:
+                if spec.worker:
+                    op["security"] = [{"worker": []}]
+                    responses["401"] = _error("missing, invalid, expired or revoked worker token")
+                elif not spec.public:
                     op["security"] = [{"bearer": []}]
                     responses["401"] = _error("missing, invalid or expired token")
                     if spec.permission is not None:
@@ -105,7 +108,8 @@ def build_openapi(app: Flask, title: str) -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "worker": {"type": "http", "scheme": "bearer", "bearerFormat": "pgw_<id>_<secret>"},
             },
         },
     }

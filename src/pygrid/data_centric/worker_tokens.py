@@ -1,0 +1,95 @@
+"""Worker tokens: ``pgw_<id>_<secret>``, shown once; the Node keeps only a SHA-256 of the secret.
+
+A secret of 32 random bytes needs no slow hash: nobody can guess it, and a leaked database does
+not let anyone present it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pygrid.data_centric import audit
+from pygrid.db.models import User, WorkerToken, utcnow
+from pygrid.errors import NotFound, Unauthorized
+
+PREFIX = "pgw_"
+_FORMAT = re.compile(r"^pgw_(\d{1,18})_([A-Za-z0-9_-]{20,100})$")
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(
+    session: Session, creator: User, name: str, expires_in_days: int | None
+) -> tuple[WorkerToken, str]:
+    """A new token row and the token text (the only time it exists in clear)."""
+    secret = secrets.token_urlsafe(32)
+    expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+    token = WorkerToken(
+        name=name, secret_hash=_hash(secret), created_by=creator.id, expires_at=expires_at
+    )
+    session.add(token)
+    session.flush()
+    audit.record(session, "worker_token.create", creator, token_id=token.id, name=name)
+    session.commit()
+    return token, f"{PREFIX}{token.id}_{secret}"
+
+
+def authenticate(session: Session, text: str) -> WorkerToken:
+    """The live token ``text`` names; Unauthorized (one message for forged or unknown) if none."""
+    match = _FORMAT.match(text)
+    if match is None:
+        raise Unauthorized(
+            "this route needs a worker token (pgw_...) from pygrid worker-token create"
+        )
+    token = session.get(WorkerToken, int(match.group(1)))
+    if token is None or not hmac.compare_digest(token.secret_hash, _hash(match.group(2))):
+        raise Unauthorized("worker token is invalid")
+    if token.revoked_at is not None:
+        raise Unauthorized(
+            "worker token was revoked; create a new one with pygrid worker-token create"
+        )
+    if token.expires_at is not None and token.expires_at <= utcnow():
+        raise Unauthorized(
+            "worker token has expired; create a new one with pygrid worker-token create"
+        )
+    return token
+
+
+def list_tokens(session: Session) -> list[WorkerToken]:
+    """Every token, newest first (revoked ones too, for the record)."""
+    return list(session.scalars(select(WorkerToken).order_by(WorkerToken.id.desc())))
+
+
+def revoke_token(session: Session, who: User, token_id: int) -> WorkerToken:
+    """Revoke a token at once; a Worker using it gets 401 on its next request."""
+    token = session.get(WorkerToken, token_id)
+    if token is None:
+        raise NotFound(f"no worker token with id {token_id}")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        audit.record(session, "worker_token.revoke", who, token_id=token.id, name=token.name)
+        session.commit()
+    return token
+
+
+def token_json(token: WorkerToken) -> dict[str, Any]:
+    """A token as the API lists it (never the secret)."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+        "last_seen": token.last_seen,
+        "last_label": token.last_label,
+    }
