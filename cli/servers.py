@@ -74,6 +74,18 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+_ENV_ONLY = (
+    "max_content_length",
+    "token_ttl_seconds",
+    "scheduler_interval",
+    "lease_seconds",
+    "cloud",
+    "worker_group",
+    "jobs_per_worker",
+    "autoscale_cooldown",
+)
+
+
 def _settings(values: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
@@ -82,7 +94,7 @@ def _settings(values: dict[str, Any]) -> Any:
     values = {k: v for k, v in values.items() if v is not None}
     # Settings with no CLI option come from the environment only (PYGRID_MAX_CONTENT_LENGTH, ...).
     # (Not DATABASE_URL & co: their options already read them, and --start_local_db overrides.)
-    for field in ("max_content_length", "token_ttl_seconds", "scheduler_interval", "lease_seconds"):
+    for field in _ENV_ONLY:
         var = COMMON_ENV_VARS[field]
         if field not in values and os.environ.get(var):
             values[field] = os.environ[var]

@@ -34,6 +34,7 @@ def _setup(app: Flask, prepared: Prepared) -> None:
 
 
 def _start_scheduler(app: Flask, prepared: Prepared) -> None:
+    from pygrid.data_centric.maintenance import JobMaintenance, autoscaler_from_settings
     from pygrid.model_centric.scheduler import CycleScheduler
 
     metrics = app.extensions["pygrid.metrics"]
@@ -43,9 +44,16 @@ def _start_scheduler(app: Flask, prepared: Prepared) -> None:
         metrics.cycles_closed.inc()
         metrics.aggregation_seconds.observe(seconds)
 
-    interval = app.config["PYGRID_SETTINGS"].scheduler_interval
+    settings = app.config["PYGRID_SETTINGS"]
+    maintenance = JobMaintenance(sessions, autoscaler_from_settings(settings))
+    app.extensions["pygrid.maintenance"] = maintenance
+    interval = settings.scheduler_interval
     scheduler = CycleScheduler(
-        sessions, prepared.blobs, interval=interval or 1.0, on_closed=on_closed
+        sessions,
+        prepared.blobs,
+        interval=interval or 1.0,
+        on_closed=on_closed,
+        chores=(maintenance.run_once,),
     )
     app.extensions["pygrid.scheduler"] = scheduler
     if interval > 0:

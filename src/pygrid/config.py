@@ -52,6 +52,11 @@ class ServerSettings(BaseModel):
     scheduler_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
     # How long a Worker holds a data-centric job without a heartbeat before it is requeued.
     lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # In a cloud deployment: the provider and Worker group the Node resizes from its queue.
+    cloud: Annotated[str, Field(pattern="^(local|aws|gcp|azure)$")] | None = None
+    worker_group: Annotated[str, Field(min_length=1, max_length=300)] | None = None
+    jobs_per_worker: Annotated[int, Field(ge=1, le=10_000)] = 2
+    autoscale_cooldown: Annotated[float, Field(ge=0, le=86_400)] = 60.0
 
     @field_validator("network_url")
     @classmethod
@@ -127,6 +132,10 @@ COMMON_ENV_VARS = {
     "token_ttl_seconds": "PYGRID_TOKEN_TTL_SECONDS",
     "scheduler_interval": "PYGRID_SCHEDULER_INTERVAL",
     "lease_seconds": "PYGRID_LEASE_SECONDS",
+    "cloud": "PYGRID_CLOUD",
+    "worker_group": "PYGRID_WORKER_GROUP",
+    "jobs_per_worker": "PYGRID_JOBS_PER_WORKER",
+    "autoscale_cooldown": "PYGRID_AUTOSCALE_COOLDOWN",
 }
 DEFAULT_IDS = {AppKind.node: "default", AppKind.network: "network"}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -29,11 +29,14 @@ class CycleScheduler:
         store: BlobStore,
         interval: float = 1.0,
         on_closed: Callable[[Cycle, float], None] | None = None,
+        chores: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.sessions = sessions
         self.store = store
         self.interval = interval
         self.on_closed = on_closed
+        # other periodic work of the server (data-centric lease expiry, autoscaling)
+        self.chores = tuple(chores)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,9 +66,10 @@ class CycleScheduler:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the thread must survive a bad pass (a database blip)
-                log.exception("cycle scheduler pass failed")
+            for task in (self.run_once, *self.chores):
+                try:
+                    task()
+                except Exception:  # the thread must survive a bad pass (a database blip)
+                    log.exception("scheduler pass failed: %s", getattr(task, "__qualname__", task))
             self._wake.wait(self.interval)
             self._wake.clear()
