@@ -185,6 +185,13 @@ def test_search_by_tags_and_text(client: Any, owner_token: str, dataset: dict[st
         (CSV, "people.csv", {"tags": "ok,not ok!"}, 422, "tag"),
         (CSV, "people.txt", {}, 422, "format"),
         (CSV, "people.csv", {"mock": (b"age,income\n1,2\n", "m.csv")}, 422, "mock"),
+        (
+            b"name,age\n" + b"".join(b"person%d,%d\n" % (i, i) for i in range(60)),
+            "names.csv",
+            {},
+            422,
+            "distinct text values",
+        ),
     ],
 )
 def test_bad_uploads_are_refused_without_a_trace(

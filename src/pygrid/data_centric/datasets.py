@@ -17,6 +17,9 @@ from pygrid.errors import Conflict, InvalidInput, NotFound
 from pygrid.storage import BlobStore
 
 ACTIVE_STATES = ("queued", "running")
+# A text column's distinct values are published in the schema: past this many it is more
+# likely names or ids than categories, so the owner must declare them on purpose.
+MAX_PUBLISHED_CATEGORIES = 50
 MAX_TAGS = 20
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,49}$")
 
@@ -79,10 +82,16 @@ def upload_dataset(
 
     _check_name_free(session, name)
     ingested = datasets.ingest(data, filename=filename, fmt=fmt, declared=declared, target=target)
+    _check_published_categories(ingested.schema, declared)
     if mock is not None:
         try:
+            mock_fmt = None
+            try:
+                datasets.detect_format(mock_filename, None)
+            except datasets.DatasetError:  # no telling extension: same format as the data
+                mock_fmt = ingested.schema["source_format"]
             mock_columns = datasets.ingest_mock(
-                mock, schema=ingested.schema, filename=mock_filename
+                mock, schema=ingested.schema, filename=mock_filename, fmt=mock_fmt
             )
         except datasets.DatasetError as exc:
             raise datasets.DatasetError(f"mock: {exc}", {"field": "mock"}) from None
@@ -127,6 +136,25 @@ def upload_dataset(
                 store.delete(key)
         raise
     return dataset
+
+
+def _check_published_categories(
+    schema: Mapping[str, Any], declared: Mapping[str, Any] | None
+) -> None:
+    declared_names = {
+        column.get("name")
+        for column in (declared or {}).get("columns", [])
+        if isinstance(column, Mapping) and column.get("categories") is not None
+    }
+    for column in schema["columns"]:
+        categories = column.get("categories") or []
+        if len(categories) > MAX_PUBLISHED_CATEGORIES and column["name"] not in declared_names:
+            raise InvalidInput(
+                f"column {column['name']!r} has {len(categories)} distinct text values, which the "
+                "public schema would list in full; drop the column, or declare its categories in "
+                "the schema to publish them on purpose",
+                {"field": "data", "column": column["name"]},
+            )
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset:

@@ -135,7 +135,7 @@ def _check_files(spec: JobSpec, files: Mapping[str, bytes], limits: Limits) -> l
                 f"model: this is a {info.kind} plan; send it as plan, with params", "model"
             )
         return info.ops
-    kind = "training" if spec.kind == "train" else "evaluate"
+    kind: plans.PlanKind = "training" if spec.kind == "train" else "evaluate"
     try:
         info = plans.validate_plan(files["plan"], max_bytes=limits.max_file_bytes, kind=kind)
     except plans.PlanError as exc:
