@@ -10,7 +10,19 @@ from typing import Annotated
 
 import typer
 
-from pygrid.cli import db, demo, deploy, grid, servers
+from pygrid.cli import (
+    audit,
+    budgets,
+    datasets,
+    db,
+    demo,
+    deploy,
+    grid,
+    job_requests,
+    servers,
+    worker_tokens,
+)
+from pygrid.cli import worker as worker_cmd
 
 app = typer.Typer(
     name="pygrid",
@@ -21,6 +33,7 @@ app = typer.Typer(
 )
 app.command("node")(servers.node)
 app.command("network")(servers.network)
+app.command("worker")(worker_cmd.worker)
 app.command("up")(grid.up)
 app.command("down")(grid.down)
 app.command("status")(grid.status)
@@ -29,6 +42,11 @@ app.command("destroy")(deploy.destroy)
 app.command("compose")(deploy.compose)
 app.add_typer(db.app, name="db")
 app.add_typer(demo.app, name="demo")
+app.add_typer(datasets.app, name="dataset")
+app.add_typer(job_requests.app, name="requests")
+app.add_typer(budgets.app, name="budget")
+app.add_typer(worker_tokens.app, name="worker-token")
+app.command("audit")(audit.audit)
 
 
 def _print_version(value: bool) -> None:

@@ -3,6 +3,11 @@
 ``pygrid demo model-centric`` hosts the reference workload (the digits MLP, see
 ``pygrid.workloads.digits``) on a Node and trains it with simulated devices over HTTP
 (``pygrid.simulation``), showing each cycle's test accuracy as the Node closes it.
+
+``pygrid demo data-centric`` tells the data-centric story (docs/data-centric.md): the Owner
+shares the digits training set, a data scientist finds it, trains the same MLP on it with
+DP-SGD without seeing a row, the Owner approves and signs off, a Worker runs the job, and the
+data scientist tests the released weights.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from pygrid.cli import session
 from pygrid.cli.servers import fail
 
 if TYPE_CHECKING:
@@ -26,8 +32,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Run end-to-end demos against a grid.", no_args_is_help=True)
 
-NO_LOCAL_GRID = "no local grid is running: start one with `pygrid up` or pass --node URL"
-
 
 @app.command("model-centric")
 def model_centric(
@@ -35,6 +39,7 @@ def model_centric(
         str | None,
         typer.Option(
             "--node",
+            envvar="PYGRID_NODE",
             help="URL of the Node to train on (default: the first Node of the local grid).",
             show_default=False,
         ),
@@ -73,7 +78,7 @@ def model_centric(
     ] = "auto",
 ) -> None:
     """Train the digits MLP with simulated devices on a Node, cycle by cycle (FedAvg)."""
-    url, email, password = _target(node, email, password)
+    url, email, password = session.target(node, email, password, "a user allowed to host processes")
     if version == "auto":
         # Name and version identify a process (a second host-training gets 409): a fresh
         # version per run lets the demo run again on the same Node.
@@ -86,9 +91,7 @@ def model_centric(
     try:
         token = http.login(email, password)
     except GridError as exc:
-        if exc.status in (401, 403):
-            raise fail(f"{url} refused the login of {email}: {exc.message}") from None
-        raise fail(str(exc)) from None
+        raise session.login_failure(url, email, exc) from None
     finally:
         http.close()
 
@@ -150,6 +153,341 @@ def model_centric(
     )
 
 
+#: The demo's dataset on the Node, and the tags a data scientist finds it by.
+DIGITS_DATASET = "digits"
+DIGITS_TAGS = ("digits", "images")
+#: DP-SGD hyper-parameters of the demo's training job (MLP 64-64-10 on 1500 digits); tuned so
+#: that epsilon 3, delta 1e-5 reaches a test accuracy of 0.80 or more.
+DP_TRAIN: dict[str, Any] = {
+    "epochs": 15,
+    "batch_size": 256,
+    "lr": 0.5,
+    "loss": "cross_entropy",
+    "optimizer": "sgd",
+}
+DP_DELTA = 1e-5
+DP_MAX_GRAD_NORM = 1.0
+#: Seconds an approved job may wait in the queue before the demo says how to start a Worker.
+CLAIM_HINT_SECONDS = 20.0
+DATA_CENTRIC_STEPS = 8
+
+
+@app.command("data-centric")
+def data_centric(
+    node: session.NodeOption = None,
+    email: Annotated[
+        str | None,
+        typer.Option(
+            "--email",
+            envvar="PYGRID_EMAIL",
+            help="Email of the Node's Owner or an admin (default with the local grid: its Owner).",
+            show_default=False,
+        ),
+    ] = None,
+    password: session.PasswordOption = None,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="The privacy cost (epsilon) the training may have.")
+    ] = 3.0,
+    budget: Annotated[
+        float,
+        typer.Option("--budget", help="The data scientist's total epsilon on the dataset."),
+    ] = 10.0,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1, help="Seconds to wait for a Worker to finish the job."),
+    ] = 900,
+) -> None:
+    """Train on data that never leaves the Node: the Owner shares digits, a data scientist
+    trains the MLP with differential privacy, the Owner approves and releases the result."""
+    if not (0 < epsilon < float("inf")):
+        raise fail(f"--epsilon must be a positive number, not {epsilon:g}")
+    if not (epsilon <= budget < float("inf")):
+        raise fail(f"--budget ({budget:g}) must be at least --epsilon ({epsilon:g})")
+    url, email, password = session.target(
+        node, email, password, "the Node's Owner or an admin (to share data and create a user)"
+    )
+
+    from pygrid.client.data_centric import DataCentricClient
+    from pygrid.client.http import GridError
+
+    owner = DataCentricClient(url)
+    try:
+        owner.login(email, password)
+    except GridError as exc:
+        owner.close()
+        raise session.login_failure(url, email, exc) from None
+
+    out = _console()
+    story = _DataCentricStory(out, owner, epsilon, budget, timeout)
+    try:
+        story.run()
+    except GridError as exc:
+        raise fail(session.describe(exc)) from None
+    except TimeoutError as exc:
+        raise fail(f"{exc}; it stays on the Node: pygrid requests list --state all") from None
+    except KeyboardInterrupt:
+        where = "" if story.job_id is None else f"; job {story.job_id} stays on the Node"
+        typer.echo(f"Interrupted{where}", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        story.close()
+
+
+class _DataCentricStory:
+    """The data-centric demo, one method per step, as the Owner and a data scientist."""
+
+    def __init__(
+        self, out: Console, owner: Any, epsilon: float, budget: float, timeout: float
+    ) -> None:
+        self.out = out
+        self.owner = owner
+        self.scientist: Any = None
+        self.epsilon = epsilon
+        self.budget = budget
+        self.timeout = timeout
+        self.job_id: int | None = None
+        self.step = 0
+
+    def close(self) -> None:
+        self.owner.close()
+        if self.scientist is not None:
+            self.scientist.close()
+
+    def run(self) -> None:
+        from pygrid.workloads import digits
+
+        data = digits.load()
+        dataset = self.share(data)
+        scientist_email = self.invite(dataset)
+        before = self.explore(dataset)
+        job = self.submit(dataset)
+        self.review(job)
+        job = self.train(job)
+        self.sign_off(job)
+        self.evaluate(job, dataset, data, before, scientist_email)
+
+    def say(self, title: str) -> None:
+        from rich.markup import escape
+
+        self.step += 1
+        self.out.print(f"[bold]{self.step}/{DATA_CENTRIC_STEPS} {escape(title)}[/bold]")
+
+    def note(self, line: str) -> None:
+        from rich.markup import escape
+
+        self.out.print(f"    {escape(line)}")
+
+    def share(self, data: Any) -> dict[str, Any]:
+        """The Owner uploads the digits training set (NPZ: x, y), unless it is there already."""
+        import io
+
+        import numpy as np
+
+        self.say(f"Owner: share the digits training set on {self.owner.url}")
+        existing = [d for d in self.owner.datasets() if d["name"] == DIGITS_DATASET]
+        if existing:
+            dataset: dict[str, Any] = existing[0]
+            self.note(f"dataset {dataset['id']} {DIGITS_DATASET!r} is already on the Node")
+        else:
+            buffer = io.BytesIO()
+            np.savez(buffer, x=data.x_train.numpy(), y=data.y_train.numpy())
+            dataset = self.owner.upload_dataset(
+                buffer.getvalue(),
+                name=DIGITS_DATASET,
+                tags=DIGITS_TAGS,
+                description="8x8 handwritten digits scaled to [0, 1] (scikit-learn), labels 0-9",
+                target="y",
+                fmt="npz",
+            )
+            self.note(f"uploaded dataset {dataset['id']} {DIGITS_DATASET!r}")
+        schema = dataset.get("schema") or {}
+        self.note(
+            f"{schema.get('rows')} private rows stay on the Node; data scientists see the schema "
+            f"({_columns(schema)}) and a mock sample"
+        )
+        return dataset
+
+    def invite(self, dataset: dict[str, Any]) -> str:
+        """The Owner creates a data scientist and gives them an epsilon budget on the dataset."""
+        import secrets
+
+        self.say("Owner: invite a data scientist and give them a privacy budget")
+        email = f"scientist-{secrets.token_hex(4)}@pygrid.local"
+        password = secrets.token_urlsafe(12)
+        self.owner.http.json(
+            "POST",
+            "/users",
+            json={
+                "email": email,
+                "password": password,
+                "role": "data_scientist",
+                "name": "Demo data scientist",
+            },
+        )
+        self.note(f"created {email} (role data_scientist) with password {password}")
+        self.owner.set_budget(dataset, email, self.budget)
+        self.note(f"budget on dataset {dataset['id']}: epsilon {self.budget:g}")
+
+        from pygrid.client.data_centric import DataCentricClient
+
+        self.scientist = DataCentricClient(self.owner.url)
+        self.scientist.login(email, password)
+        return email
+
+    def explore(self, dataset: dict[str, Any]) -> float:
+        """The data scientist finds the dataset by tag and downloads its mock; returns the budget left."""
+        self.say("Data scientist: search by tag, download the mock sample")
+        found = self.scientist.search(tags=DIGITS_TAGS)
+        names = ", ".join(f"{d['id']} {d['name']!r}" for d in found)
+        self.note(f"search tags={','.join(DIGITS_TAGS)}: {len(found)} dataset(s): {names}")
+        if not any(d["id"] == dataset["id"] for d in found):
+            raise fail(f"the search did not find dataset {dataset['id']}")
+        mock = self.scientist.mock(dataset)
+        shapes = ", ".join(
+            f"{name} {str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+            for name, t in mock.items()
+        )
+        self.note(f"mock sample (synthetic, no real row): {shapes}")
+        return self.budget_left(dataset)
+
+    def budget_left(self, dataset: dict[str, Any]) -> float:
+        budgets = self.scientist.budgets(dataset)
+        return float(budgets[0]["epsilon_remaining"]) if budgets else 0.0
+
+    def submit(self, dataset: dict[str, Any]) -> dict[str, Any]:
+        """The data scientist submits the MLP for DP-SGD training."""
+        from pygrid.workloads import digits
+
+        self.say(f"Data scientist: submit a DP training job (epsilon {self.epsilon:g})")
+        job: dict[str, Any] = self.scientist.submit_job(
+            dataset,
+            "train",
+            model=digits.mlp(),
+            features=["x"],
+            target="y",
+            train=DP_TRAIN,
+            privacy={
+                "epsilon": self.epsilon,
+                "delta": DP_DELTA,
+                "max_grad_norm": DP_MAX_GRAD_NORM,
+            },
+        )
+        self.job_id = int(job["id"])
+        train = ", ".join(f"{k} {v}" for k, v in DP_TRAIN.items())
+        self.note(f"job {job['id']}: {job['state']}; MLP 64-64-10, {train}")
+        self.note(
+            f"the Node's accountant puts its cost at epsilon {_number(job.get('epsilon'))}, "
+            f"delta {_number(job.get('delta'))}"
+        )
+        return job
+
+    def review(self, job: dict[str, Any]) -> None:
+        """The Owner sees the pending job (who, what code, what cost) and approves it."""
+        self.say("Owner: review and approve the job")
+        pending = {j["id"]: j for j in self.owner.pending()}
+        if job["id"] not in pending:
+            raise fail(f"job {job['id']} is not pending review")
+        seen = pending[job["id"]]
+        budget = seen.get("budget") or {}
+        ops = seen.get("ops") or []
+        self.note(
+            f"{seen.get('requester_email')} asks to {seen.get('kind')} on "
+            f"{seen.get('dataset_name')!r}: {len(ops)} TorchScript operators "
+            f"({', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''}), "
+            f"epsilon {_number(seen.get('epsilon'))} of {_number(budget.get('remaining'))} left"
+        )
+        self.owner.approve(job, reason="DP-SGD on the MLP, within the budget")
+        self.note(f"approved: job {job['id']} is queued for a Worker")
+
+    def train(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Wait for a Worker to claim and finish the job; say how to start one if none does."""
+        import contextlib
+
+        self.say("Worker: train on the private data")
+        approved = time.monotonic()
+        state = {"last": "", "hinted": False}
+        # A spinner on a terminal; a pipe gets the state changes as lines only.
+        spinner = self.out.status(f"job {job['id']}: queued") if self.out.is_terminal else None
+
+        def progress(current: dict[str, Any]) -> None:
+            if current["state"] != state["last"]:
+                state["last"] = current["state"]
+                line = f"job {current['id']}: {current['state']}"
+                if current.get("attempts"):
+                    line += f" (attempt {current['attempts']})"
+                if spinner is not None:
+                    spinner.update(line)
+                self.note(line)
+            waited = time.monotonic() - approved
+            if current["state"] == "queued" and not state["hinted"] and waited > CLAIM_HINT_SECONDS:
+                state["hinted"] = True
+                self.note(
+                    f"no Worker has claimed the job after {CLAIM_HINT_SECONDS:g} s: start one with "
+                    "`pygrid up --workers 1` (local grid) or `pygrid worker --node "
+                    f"{self.owner.url} --token TOKEN` (TOKEN from `pygrid worker-token create`)"
+                )
+
+        with spinner or contextlib.nullcontext():
+            done: dict[str, Any] = self.owner.wait(
+                job, timeout=self.timeout, until=("finished", "released"), on_progress=progress
+            )
+        metrics = done.get("metrics") or {}
+        shown = ", ".join(f"{k} {_number(v)}" for k, v in metrics.items())
+        self.note(f"finished{f': {shown}' if shown else ''}")
+        return done
+
+    def sign_off(self, job: dict[str, Any]) -> None:
+        """The Owner releases the result, which charges the data scientist's budget."""
+        self.say("Owner: sign off the result")
+        if job["state"] == "released":
+            self.note("the dataset's auto-release rule released it already")
+            return
+        released = self.owner.release(job)
+        budget = released.get("budget") or {}
+        self.note(
+            f"released job {job['id']}: epsilon {_number(released.get('epsilon'))} charged, "
+            f"{_number(budget.get('remaining'))} left"
+        )
+
+    def evaluate(
+        self,
+        job: dict[str, Any],
+        dataset: dict[str, Any],
+        data: Any,
+        before: float,
+        scientist_email: str,
+    ) -> None:
+        """The data scientist downloads the trained weights and tests them on held-out digits."""
+        from pygrid.workloads import digits
+
+        self.say("Data scientist: download the trained weights and test them")
+        self.scientist.wait(job, timeout=60, until=("released",))
+        model = self.scientist.result(job, model=digits.mlp())
+        accuracy, loss = _evaluate(model.state_dict(), data.x_test, data.y_test)
+        after = self.budget_left(dataset)
+        self.out.print(
+            f"Test accuracy: {accuracy:.4f} (loss {loss:.4f}) on {len(data.y_test)} held-out "
+            f"digits, trained with epsilon {self.epsilon:g}, delta {DP_DELTA:g}"
+        )
+        self.out.print(
+            f"Budget of {scientist_email} on dataset {dataset['id']}: epsilon {before:g} left "
+            f"before, {after:g} left after"
+        )
+        self.out.print(f"See what happened: pygrid audit --job {job['id']} --node {self.owner.url}")
+
+
+def _columns(schema: dict[str, Any]) -> str:
+    parts = []
+    for column in schema.get("columns") or []:
+        shape = column.get("shape") or []
+        parts.append(f"{column.get('name')} {column.get('dtype')}{list(shape) if shape else ''}")
+    return ", ".join(parts)
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _status_url(url: str, process_id: int) -> str:
     """Where the owner sees a process's cycles and checkpoints."""
     return f"GET {url}/model-centric/processes/{process_id}"
@@ -165,40 +503,6 @@ def _cycle_line(cycles: int, record: CycleRecord, accuracy: float, loss: float) 
     if device_loss is not None:
         line += f"  device loss {device_loss:.4f}"
     return f"{line}  {record.seconds:.2f} s"
-
-
-def _target(node: str | None, email: str | None, password: str | None) -> tuple[str, str, str]:
-    """The Node's URL and the credentials to log in with."""
-    if node is not None:
-        url = node.rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise fail(f"--node must be an http(s) URL such as http://127.0.0.1:5000, not {node!r}")
-        if not email or not password:
-            raise fail(
-                "--node needs a user allowed to host processes: pass --email and --password "
-                "(or set PYGRID_EMAIL and PYGRID_PASSWORD)"
-            )
-        return url, email, password
-
-    from pygrid.localgrid import LocalGrid, LocalGridError
-
-    grid = LocalGrid()
-    try:
-        nodes = [m for m in grid.running() if m.app == "node"]
-    except LocalGridError as exc:
-        raise fail(exc.message) from None
-    if not nodes:
-        raise fail(NO_LOCAL_GRID)
-    if not email or not password:
-        try:
-            credentials = json.loads(grid.credentials_file.read_text())
-            email = email or str(credentials["email"])
-            password = password or str(credentials["password"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise fail(
-                f"cannot read the local grid's Owner credentials in {grid.credentials_file} ({exc})"
-            ) from None
-    return nodes[0].url, email, password
 
 
 def _refusal(url: str, name: str, version: str, exc: GridError) -> str:

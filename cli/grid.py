@@ -42,8 +42,20 @@ def up(
         float,
         typer.Option("--timeout", min=1, help="Seconds to wait for every member to be healthy."),
     ] = 90,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            max=32,
+            help="Workers per Node (pygrid worker) to run its approved data-centric jobs.",
+        ),
+    ] = 0,
 ) -> None:
-    """Start a local grid: a Network and Nodes as background processes under ~/.pygrid/local/."""
+    """Start a local grid: a Network and Nodes as background processes under ~/.pygrid/local/.
+
+    With --workers N, each Node also gets N Workers, using a worker token made for them.
+    """
     from pygrid.localgrid import AlreadyUp, LocalGrid, LocalGridError
 
     grid = LocalGrid()
@@ -51,7 +63,12 @@ def up(
     try:
         with _progress() as on_event:
             members = grid.up(
-                nodes.split(","), base_port, network_port, timeout=timeout, on_event=on_event
+                nodes.split(","),
+                base_port,
+                network_port,
+                workers=workers,
+                timeout=timeout,
+                on_event=on_event,
             )
     except AlreadyUp as exc:
         running = sum(m.alive for m in exc.members)
@@ -66,10 +83,10 @@ def up(
         return
     except LocalGridError as exc:
         raise _fail_with_log(exc) from None
-    nodes_count = len(members) - 1
-    out.print(
-        f"The local grid is up: a Network and {nodes_count} Node{'s' if nodes_count != 1 else ''}."
-    )
+    nodes_count = sum(m.app == "node" for m in members)
+    workers_count = sum(m.app == "worker" for m in members)
+    with_workers = f" with {_plural(workers_count, 'Worker')}" if workers_count else ""
+    out.print(f"The local grid is up: a Network and {_plural(nodes_count, 'Node')}{with_workers}.")
     out.print(_members_table(members))
     _print_footer(out, grid)
 
@@ -86,7 +103,7 @@ def down() -> None:
         typer.echo("No local grid is running.")
         return
     for member in stopped:
-        typer.echo(f"Stopped {member.name} ({member.app}, pid {member.pid}, {member.url})")
+        typer.echo(f"Stopped {member.name} ({member.app}, pid {member.pid}, {member.where})")
     typer.echo(
         f"The local grid is down: {len(stopped)} process{'es' if len(stopped) != 1 else ''} stopped."
     )
@@ -145,7 +162,10 @@ def _progress() -> Iterator[Callable[[Member, Event], None]]:
     if not err.is_terminal:
 
         def log(member: Member, event: Event) -> None:
-            if event == "healthy":
+            if member.url is None:
+                if event == "started":
+                    err.print(f"Started {member.name} (pid {member.pid}), {member.where}")
+            elif event == "healthy":
                 err.print(f"{member.name} is healthy on {member.url}")
             else:
                 err.print(
@@ -165,9 +185,8 @@ def _progress() -> Iterator[Callable[[Member, Event], None]]:
 
         def show(member: Member, event: Event) -> None:
             if event == "started":
-                tasks[member.name] = progress.add_task(
-                    f"{member.name}: waiting for {member.url}/status", total=1
-                )
+                waiting = f"waiting for {member.url}/status" if member.url else "starting"
+                tasks[member.name] = progress.add_task(f"{member.name}: {waiting}", total=1)
             else:
                 progress.update(
                     tasks[member.name], description=f"{member.name}: healthy", completed=1
@@ -183,7 +202,8 @@ def _members_table(members: Sequence[Member]) -> Any:
     table = Table("name", "app", "URL", "PID", "log file")
     for member in members:
         pid = str(member.pid) if member.alive else f"{member.pid} (exited)"
-        table.add_row(escape(member.name), member.app, member.url, pid, escape(str(member.log)))
+        url = member.url or "-"
+        table.add_row(escape(member.name), member.app, url, pid, escape(str(member.log)))
     return table
 
 
@@ -198,13 +218,17 @@ def _health_table(report: Sequence[Health]) -> Any:
         table.add_row(
             escape(member.name),
             member.app,
-            member.url,
+            member.url or "-",
             str(member.pid),
             f"[{colours[item.health]}]{item.health}[/]",
             item.version or "-",
             _duration(item.uptime_seconds),
         )
     return table
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def _duration(seconds: float | None) -> str:

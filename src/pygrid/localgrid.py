@@ -3,7 +3,8 @@
 ``pygrid up``, ``pygrid down`` and ``pygrid status`` are thin wrappers around :class:`LocalGrid`.
 Everything lives under ``<pygrid home>/local/``: ``grid.json`` (which processes belong to the
 grid), ``credentials.json`` (the Owner of every member, mode 0600), ``logs/<name>.log`` and
-``data/<name>/``.
+``data/<name>/``. ``up --workers N`` adds N Workers per Node (``pygrid worker``): members with no
+port, healthy while their process runs, each holding its Node's worker token in its environment.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pygrid.serve import PortInUse, check_port_free
 
 HOST = "127.0.0.1"
 NETWORK_NAME = "network"
+WORKER_APP = "worker"
 DEFAULT_NODES = ("alice", "bob", "charlie", "dan")
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
@@ -41,6 +43,8 @@ POLL_INTERVAL = 0.2
 OWNER_EMAIL = "owner@pygrid.local"
 LOG_TAIL_LINES = 15
 STATE_VERSION = 1
+# Shorter than STOP_TIMEOUT: on `down` a Worker's running job is killed before the Worker is.
+WORKER_GRACE_SECONDS = 10.0
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Inherited, these would make every member share one database, blob store, data dir or key.
@@ -50,6 +54,13 @@ _SHARED_ENV = (
     "PYGRID_DATA_DIR",
     "SECRET_KEY",
     "PROMETHEUS_MULTIPROC_DIR",
+)
+# A Worker gets its own token and nothing of the Owner's.
+_NOT_FOR_WORKERS = (
+    "PYGRID_OWNER_EMAIL",
+    "PYGRID_OWNER_PASSWORD",
+    "PYGRID_WORKER_TOKEN",
+    "PYGRID_NODE",
 )
 
 HealthState = Literal["healthy", "unhealthy", "down"]
@@ -75,21 +86,30 @@ class AlreadyUp(LocalGridError):
 
 @dataclass(frozen=True)
 class Member:
-    """One server of the grid: where it listens, which process runs it, where it writes."""
+    """One process of the grid: where it listens, which process runs it, where it writes.
+
+    A Worker listens nowhere (``port`` None) and names the Node it serves in ``node``.
+    """
 
     name: str
     app: str
     host: str
-    port: int
+    port: int | None
     log: Path
     data_dir: Path
     pid: int | None = None
     create_time: float | None = None
+    node: str | None = None
 
     @property
-    def url(self) -> str:
-        """The base URL the member serves on."""
-        return f"http://{self.host}:{self.port}"
+    def url(self) -> str | None:
+        """The base URL the member serves on; None for a Worker."""
+        return None if self.port is None else f"http://{self.host}:{self.port}"
+
+    @property
+    def where(self) -> str:
+        """Where to find the member, for people: its URL, or the Node a Worker serves."""
+        return self.url or f"Worker of {self.node}"
 
     def to_json(self) -> dict[str, Any]:
         """The member as ``grid.json`` stores it."""
@@ -103,6 +123,7 @@ class Member:
             "create_time": self.create_time,
             "log": str(self.log),
             "data_dir": str(self.data_dir),
+            "node": self.node,
         }
 
     @classmethod
@@ -112,11 +133,12 @@ class Member:
             name=str(data["name"]),
             app=str(data["app"]),
             host=str(data["host"]),
-            port=int(data["port"]),
+            port=None if data.get("port") is None else int(data["port"]),
             log=Path(data["log"]),
             data_dir=Path(data["data_dir"]),
             pid=None if data.get("pid") is None else int(data["pid"]),
             create_time=None if data.get("create_time") is None else float(data["create_time"]),
+            node=None if data.get("node") is None else str(data["node"]),
         )
 
     def process(self) -> psutil.Process | None:
@@ -199,12 +221,18 @@ class LocalGrid:
     # -- reading the state -------------------------------------------------------------------
 
     def plan(
-        self, nodes: Sequence[str], base_port: int = 5000, network_port: int = 7000
+        self,
+        nodes: Sequence[str],
+        base_port: int = 5000,
+        network_port: int = 7000,
+        workers: int = 0,
     ) -> list[Member]:
-        """The members ``up`` would start, validated: the Network first, then the Nodes."""
+        """The members ``up`` would start, validated: the Network, the Nodes, then the Workers."""
         names = [n.strip() for n in nodes if n.strip()]
         if not names:
             raise LocalGridError("give at least one Node name, e.g. --nodes alice,bob")
+        if workers < 0:
+            raise LocalGridError(f"the number of Workers per Node cannot be negative: {workers}")
         for name in names:
             if not _NAME.match(name):
                 raise LocalGridError(
@@ -228,19 +256,26 @@ class LocalGrid:
                 f"the Network's port {network_port} is also Node {node_ports[network_port]}'s port; "
                 "change --network-port or --base-port"
             )
-        return [
+        servers = [
             self._member(name, AppKind.network if name == NETWORK_NAME else AppKind.node, port)
             for name, port in ports.items()
         ]
+        return servers + [
+            self._member(f"{node}-worker-{i}", WORKER_APP, None, node=node)
+            for node in names
+            for i in range(1, workers + 1)
+        ]
 
-    def _member(self, name: str, app: AppKind, port: int) -> Member:
+    def _member(self, name: str, app: str, port: int | None, node: str | None = None) -> Member:
         return Member(
             name=name,
             app=str(app),
             host=HOST,
             port=port,
             log=self.logs_dir / f"{name}.log",
+            # A Worker's is its --work-dir: each job's private temporary folder goes there.
             data_dir=self.data_root / name,
+            node=node,
         )
 
     def members(self) -> list[Member]:
@@ -276,6 +311,7 @@ class LocalGrid:
         base_port: int = 5000,
         network_port: int = 7000,
         *,
+        workers: int = 0,
         timeout: float = START_TIMEOUT,
         on_event: Callable[[Member, Event], None] | None = None,
     ) -> list[Member]:
@@ -283,8 +319,10 @@ class LocalGrid:
 
         Every check (names, ports, writable folders, credentials) happens before anything
         starts; if a member fails to start, the ones already started are stopped again.
+        ``workers`` Workers per Node start once the Nodes answer, each Node's with a fresh
+        worker token (the previous ``up``'s tokens named ``local-<node>`` are revoked).
         """
-        planned = self.plan(nodes, base_port, network_port)
+        planned = self.plan(nodes, base_port, network_port, workers)
         self._make_home()
         with self._lock():
             recorded = self.members()
@@ -376,7 +414,9 @@ class LocalGrid:
         env |= {"PYGRID_OWNER_EMAIL": email, "PYGRID_OWNER_PASSWORD": password}
         deadline = time.monotonic() + timeout
         started: list[_Started] = []
-        network, nodes = members[0], members[1:]
+        network = members[0]
+        nodes = [m for m in members if m.app == AppKind.node]
+        workers = [m for m in members if m.app == WORKER_APP]
         try:
             # Nodes join the Network when they start, so it has to answer first.
             started.append(self._spawn(network, [], env))
@@ -384,7 +424,19 @@ class LocalGrid:
             on_event(started[-1].member, "started")
             self._wait(started, deadline, timeout, on_event)
             for node in nodes:
-                started.append(self._spawn(node, ["--network", network.url], env))
+                started.append(self._spawn(node, ["--network", str(network.url)], env))
+                self._save([s.member for s in started])
+                on_event(started[-1].member, "started")
+            self._wait(started, deadline, timeout, on_event)
+            # Workers need a token, and a token needs a Node that answers.
+            worker_env = {k: v for k, v in env.items() if k not in _NOT_FOR_WORKERS}
+            tokens = {n.name: _worker_token(n, email, password) for n in nodes} if workers else {}
+            for worker in workers:
+                node_url = next(str(n.url) for n in nodes if n.name == worker.node)
+                extra = ["--node", node_url, "--grace-seconds", f"{WORKER_GRACE_SECONDS:g}"]
+                # In the environment, not argv: `ps` shows every command line to every user.
+                token_env = worker_env | {"PYGRID_WORKER_TOKEN": tokens[str(worker.node)]}
+                started.append(self._spawn(worker, extra, token_env))
                 self._save([s.member for s in started])
                 on_event(started[-1].member, "started")
             self._wait(started, deadline, timeout, on_event)
@@ -399,19 +451,21 @@ class LocalGrid:
     def _spawn(self, member: Member, extra: list[str], env: dict[str, str]) -> _Started:
         for folder in (self.data_root, member.data_dir, member.log.parent):
             folder.mkdir(exist_ok=True, mode=0o700)
-        command = [
-            sys.executable, "-m", "pygrid.cli", member.app,
-            "--id", member.name,
-            "--port", str(member.port),
-            "--data-dir", str(member.data_dir),
-            *extra,
-        ]  # fmt: skip
+        if member.app == WORKER_APP:
+            identity = ["--label", member.name, "--work-dir", str(member.data_dir)]
+        else:
+            identity = [
+                "--id", member.name,
+                "--port", str(member.port),
+                "--data-dir", str(member.data_dir),
+            ]  # fmt: skip
+        command = [sys.executable, "-m", "pygrid.cli", member.app, *identity, *extra]
         # Logs hold request lines and startup messages: only the owner of the grid reads them.
         log_fd = os.open(member.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(log_fd, "ab") as log:
             offset = log.tell()
             stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-            log.write(f"--- pygrid up {stamp}: {member.name} on {member.url}\n".encode())
+            log.write(f"--- pygrid up {stamp}: {member.name} ({member.where})\n".encode())
             log.flush()
             popen = subprocess.Popen(
                 command,
@@ -444,12 +498,13 @@ class LocalGrid:
                     code = entry.popen.poll()
                     if code is not None:
                         member = entry.member
+                        when = f"before answering {member.url}/status" if member.url else "at start"
                         raise LocalGridError(
-                            f"{member.name} exited (code {code}) before answering "
-                            f"{member.url}/status; its log is {member.log}",
+                            f"{member.name} exited (code {code}) {when}; its log is {member.log}",
                             _tail(member.log, entry.log_offset),
                         )
-                    if _answers(session, entry.member, timeout=2.0):
+                    # A Worker serves no URL: it is healthy while its process runs.
+                    if entry.member.url is None or _answers(session, entry.member, timeout=2.0):
                         entry.answered = True
                         on_event(entry.member, "healthy")
                 if all(s.answered for s in started):
@@ -498,8 +553,9 @@ class LocalGrid:
         with self._lock():
             members = self.members()
             processes = {m.name: m.process() for m in members}
-            # Nodes first, so that they can still tell the Network they are leaving.
-            for app in (AppKind.node, AppKind.network):
+            # Workers first, while their Nodes can still take their results; then the Nodes, so
+            # that they can still tell the Network they are leaving.
+            for app in (WORKER_APP, AppKind.node, AppKind.network):
                 _terminate([p for m in members if m.app == app and (p := processes[m.name])])
             self.state_file.unlink(missing_ok=True)
             return [m for m in members if processes[m.name] is not None]
@@ -514,6 +570,8 @@ def _reason(exc: OSError) -> str:
 
 
 def _check_port(member: Member) -> None:
+    if member.port is None:
+        return  # a Worker listens nowhere
     try:
         check_port_free(member.host, member.port)
     except PortInUse as exc:
@@ -561,8 +619,14 @@ def _answers(session: requests.Session, member: Member, timeout: float) -> bool:
 
 
 def _health(member: Member) -> Health:
-    if not member.alive:
+    proc = member.process()
+    if proc is None:
         return Health(member, alive=False, health="down")
+    if member.url is None:
+        uptime = None
+        with contextlib.suppress(psutil.Error):
+            uptime = time.time() - proc.create_time()
+        return Health(member, alive=True, health="healthy", uptime_seconds=uptime)
     try:
         with _http() as session:
             response = session.get(f"{member.url}/status", timeout=(0.5, 2.0))
@@ -580,6 +644,32 @@ def _health(member: Member) -> Health:
         version=body.get("version"),
         uptime_seconds=float(uptime) if isinstance(uptime, int | float) else None,
     )
+
+
+def _worker_token(node: Member, email: str, password: str) -> str:
+    """A new worker token on ``node`` for its local Workers; the previous ``up``'s is revoked."""
+    name = f"local-{node.name}"
+    base = f"{node.url}/data-centric/worker-tokens"
+    try:
+        with _http() as session:
+            login = session.post(
+                f"{node.url}/users/login",
+                json={"email": email, "password": password},
+                timeout=(0.5, 30),
+            )
+            login.raise_for_status()
+            session.headers["Authorization"] = f"Bearer {login.json()['token']}"
+            listed = session.get(base, timeout=(0.5, 30))
+            listed.raise_for_status()
+            for old in listed.json()["tokens"]:
+                # Its Workers went with the last grid: a token nobody uses should not stay valid.
+                if old["name"] == name and old.get("revoked_at") is None:
+                    session.delete(f"{base}/{int(old['id'])}", timeout=(0.5, 30)).raise_for_status()
+            created = session.post(base, json={"name": name}, timeout=(0.5, 30))
+            created.raise_for_status()
+            return str(created.json()["token"])
+    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+        raise LocalGridError(f"cannot create a worker token on {node.name}: {exc}") from None
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -29,11 +29,11 @@ HOSTED_LINE = re.compile(r"^Hosted (\S+) version (\S+) on ")
 
 
 class DemoGrid(Grid):
-    """A test grid whose commands never see the caller's PYGRID_EMAIL / PYGRID_PASSWORD."""
+    """A test grid whose commands never see the caller's PYGRID_NODE / _EMAIL / _PASSWORD."""
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        for name in ("PYGRID_EMAIL", "PYGRID_PASSWORD"):
+        for name in ("PYGRID_NODE", "PYGRID_EMAIL", "PYGRID_PASSWORD"):
             env.pop(name, None)
         return env
 

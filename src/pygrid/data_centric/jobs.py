@@ -181,6 +181,18 @@ def _privacy(
         epsilon = dpsgd.epsilon(sigma, rate, steps, privacy.delta)
         stored |= {"noise_multiplier": sigma, "sample_rate": rate, "steps": steps}
         return stored, epsilon, privacy.delta
+    if spec.kind == "evaluate":
+        # the runner clips nothing per row for plans, and a noisy accuracy needs classes
+        evaluate = spec.evaluate
+        if (
+            "plan" in files
+            or privacy.mechanism != "laplace"
+            or (evaluate and evaluate.loss != "cross_entropy")
+        ):
+            raise _invalid(
+                "a private evaluation needs a model, loss cross_entropy and the laplace mechanism",
+                "privacy",
+            )
     if spec.kind == "statistics" and privacy.mechanism == "gaussian":
         if privacy.delta is None:
             raise _invalid("the gaussian mechanism needs privacy.delta", "privacy")

@@ -1,0 +1,1 @@
+"""The PyGrid Worker: pulls jobs from its Node and runs them sandboxed."""
