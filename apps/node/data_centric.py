@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, g, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from pygrid.auth.roles import Permission
 from pygrid.data_centric import audit, budgets, datasets, jobs, worker_tokens
-from pygrid.data_centric.specs import JobSpec
+from pygrid.data_centric.specs import JobSpec, Strict
 from pygrid.errors import InvalidInput
 from pygrid.server.database import db_session
 from pygrid.server.endpoint import endpoint, validation_detail
@@ -23,12 +23,6 @@ bp = Blueprint("data_centric", __name__, url_prefix="/data-centric")
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=5000)]
 Epsilon = Annotated[float, Field(gt=0, le=1000)]
-
-
-class Strict(BaseModel):
-    """Request models refuse unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # ---- request models -------------------------------------------------------------------------

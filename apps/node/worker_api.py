@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, g
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from pygrid.data_centric import queue
+from pygrid.data_centric.specs import Strict
 from pygrid.errors import InvalidInput, NotFound
 from pygrid.server.database import db_session
 from pygrid.server.endpoint import endpoint
@@ -22,12 +23,6 @@ bp = Blueprint("worker", __name__, url_prefix="/data-centric/worker")
 MAX_WAIT = 30.0
 POLL = 0.5
 LeaseId = Annotated[str, Field(min_length=1, max_length=64)]
-
-
-class Strict(BaseModel):
-    """Request models refuse unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class ClaimRequest(Strict):
@@ -107,6 +102,7 @@ def claim(body: ClaimRequest) -> Any:
     signal = current_app.extensions["pygrid.queue"]
     session = db_session()
     lease = _lease_seconds()
+    queue.touch_token(session, g.worker, body.worker)
     while True:
         job = queue.claim_job(session, g.worker, body.worker, lease)
         if job is not None:

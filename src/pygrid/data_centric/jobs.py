@@ -25,7 +25,6 @@ from pygrid.errors import Conflict, Forbidden, InvalidInput, NotFound
 from pygrid.storage import BlobStore
 
 FILE_NAMES = ("model", "plan", "params")
-TERMINAL = ("denied", "cancelled", "failed", "released")
 STATES = (
     "pending_review",
     "denied",

@@ -18,7 +18,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from pygrid.data_centric import audit
@@ -156,14 +156,18 @@ def _claim_sqlite(
     return None
 
 
+def touch_token(session: Session, token: WorkerToken, label: str | None) -> None:
+    """Record that the Worker asked for work (once per claim request, not per poll)."""
+    token.last_seen = utcnow()
+    token.last_label = label
+    session.commit()
+
+
 def claim_job(
     session: Session, token: WorkerToken, label: str | None, lease_seconds: float
 ) -> Job | None:
     """Lease the oldest queued job to this Worker, or None when the queue is empty."""
     requeue_expired(session)
-    token.last_seen = utcnow()
-    token.last_label = label
-    session.commit()
     if session.get_bind().dialect.name == "postgresql":
         job_id = _claim_postgres(session, token, label, lease_seconds)
     else:
@@ -337,8 +341,6 @@ def claim_json(session: Session, job: Job, lease_seconds: float) -> dict[str, An
 
 def queue_depth(session: Session) -> int:
     """Jobs waiting for a Worker: what the autoscaler sizes the Worker group from."""
-    from sqlalchemy import func
-
     return int(
         session.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0
     )
