@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 
 from pygrid.apps.worker.sandbox import Limits, Outcome, run_job
@@ -80,8 +79,9 @@ class _Job:
     dropped: threading.Event = field(default_factory=threading.Event)
     # Set when the slot is done with the job (reported, dropped or crashed).
     done: threading.Event = field(default_factory=threading.Event)
-    # Its private folder, once made: the sandboxed runner's last argument.
-    job_dir: Path | None = None
+    # The sandboxed runner's pid (its process group's id) while run_job runs, else None.
+    runner_pid: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class WorkerAgent:
@@ -164,7 +164,8 @@ class WorkerAgent:
             log.warning("job %s: killed on stop; the Node will requeue it", job.id)
             self._drop(job)
         for job in left:
-            job.done.wait(5.0)
+            # Killed runners exit at once; this waits for their folders to be removed.
+            job.done.wait(30.0)
 
     def _running(self) -> list[_Job]:
         with self._lock:
@@ -227,7 +228,6 @@ class WorkerAgent:
         try:
             # mkdtemp makes the folder 0700: the private data is readable by this user only.
             job_dir = Path(tempfile.mkdtemp(prefix=f"pygrid-job-{job.id}-", dir=self.work_dir))
-            job.job_dir = job_dir = job_dir.resolve()
             self._fetch(client, job, claim, job_dir)
             outcome = self._execute(job, job_dir)
             self._report(client, job, outcome)
@@ -246,11 +246,13 @@ class WorkerAgent:
             log.exception("job %s: unexpected error; dropped", job.id)
             self._drop(job)
         finally:
-            job.done.set()
+            # The private data goes before the job counts as done: a stopping agent waits for
+            # ``done`` and then exits, abandoning this (daemon) thread mid-cleanup otherwise.
             if job_dir is not None:
                 shutil.rmtree(job_dir, ignore_errors=True)
             with self._lock:
                 self._jobs.pop(job.id, None)
+            job.done.set()
 
     def _heartbeat(self, job: _Job) -> None:
         """Renew the lease every lease_seconds / 3 until the job is done; kill it if lost."""
@@ -313,7 +315,18 @@ class WorkerAgent:
     def _execute(self, job: _Job, job_dir: Path) -> Outcome:
         if job.dropped.is_set():
             raise Interrupted
-        outcome = run_job(job_dir, self.limits)
+
+        def started(pid: int) -> None:
+            with job.lock:
+                job.runner_pid = pid
+            if job.dropped.is_set():  # dropped between the check above and the start
+                self._drop(job)
+
+        try:
+            outcome = run_job(job_dir, self.limits, on_start=started)
+        finally:
+            with job.lock:
+                job.runner_pid = None
         if job.dropped.is_set():
             raise Interrupted
         return outcome
@@ -355,8 +368,12 @@ class WorkerAgent:
     def _drop(self, job: _Job) -> None:
         """Give up on ``job``: nothing will be uploaded, and its sandbox dies now."""
         job.dropped.set()
-        if job.job_dir is not None:
-            _kill_runner(job.job_dir)
+        # The pid is cleared as soon as run_job returns, and run_job reaps the runner only just
+        # before: the group killed is the runner's, not a stranger's that reused its pid.
+        with job.lock:
+            if job.runner_pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.runner_pid, signal.SIGKILL)
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -434,18 +451,3 @@ def _wait_any(events: Sequence[threading.Event], seconds: float) -> bool:
         if left <= 0:
             return False
         events[0].wait(min(left, 0.1))
-
-
-def _kill_runner(job_dir: Path) -> None:
-    """SIGKILL the sandboxed runner of ``job_dir`` and its process group, if it runs.
-
-    run_job does not hand out its Popen, so the runner is found among this process's children
-    by its last argument, the job folder. Until run_job reaps it (even as a zombie: the sandbox
-    waits with WNOWAIT) its PID, which is also its process group's id, cannot be reused.
-    TODO: take the process from run_job (an ``on_start`` callback) once the sandbox offers one.
-    """
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-            if child.cmdline()[-1:] == [str(job_dir)]:
-                # The runner leads its own session, so its group holds what it started too.
-                os.killpg(child.pid, signal.SIGKILL)
