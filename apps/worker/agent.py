@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +40,10 @@ DEFAULT_GRACE = 30.0
 # Read timeout of every request: longer than the longest claim long-poll (30 s).
 HTTP_TIMEOUT = 60.0
 CHUNK = 1 << 20
+# Job folders are named pygrid-w<agent pid>-job-<job id>-<random>: a Worker that was killed
+# cannot remove its own, so the next one started on the same folder does.
+JOB_DIR_PREFIX = "pygrid-w"
+_JOB_DIR = re.compile(rf"^{JOB_DIR_PREFIX}(\d+)-job-\d+-")
 
 
 class TokenRefused(Exception):
@@ -127,6 +132,8 @@ class WorkerAgent:
         """Serve until ``stop_event`` is set or ``stop()`` is called; TokenRefused on a 401."""
         if self.work_dir is not None:
             self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in sweep_job_dirs(self.work_dir):
+            log.warning("removed %s, left behind by a Worker that was killed", leftover)
         for slot in range(self.concurrency):
             # Daemons: a slot idle in a long-poll is abandoned when the agent returns.
             threading.Thread(
@@ -227,7 +234,8 @@ class WorkerAgent:
         job_dir: Path | None = None
         try:
             # mkdtemp makes the folder 0700: the private data is readable by this user only.
-            job_dir = Path(tempfile.mkdtemp(prefix=f"pygrid-job-{job.id}-", dir=self.work_dir))
+            prefix = f"{JOB_DIR_PREFIX}{os.getpid()}-job-{job.id}-"
+            job_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_dir))
             self._fetch(client, job, claim, job_dir)
             outcome = self._execute(job, job_dir)
             self._report(client, job, outcome)
@@ -451,3 +459,28 @@ def _wait_any(events: Sequence[threading.Event], seconds: float) -> bool:
         if left <= 0:
             return False
         events[0].wait(min(left, 0.1))
+
+
+def sweep_job_dirs(work_dir: Path | None) -> list[Path]:
+    """Remove the job folders in ``work_dir`` (default: the temp folder) whose Worker is dead."""
+    parent = Path(work_dir if work_dir is not None else tempfile.gettempdir())
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            match = _JOB_DIR.match(entry.name)
+            if match is None or not entry.is_dir() or _alive(int(match.group(1))):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

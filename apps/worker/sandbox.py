@@ -27,6 +27,7 @@ imported at module level, so the child takes no import lock and allocates nothin
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -116,12 +117,39 @@ def _set_limits(limits: Limits) -> Callable[[], None]:
     cpu_hard = _capped(limits.cpu_seconds + _CPU_GRACE_SECONDS, resource.RLIMIT_CPU)
     cpu_soft = min(limits.cpu_seconds, cpu_hard)
 
+    die_with_parent = _parent_death_signal()
+    parent = os.getpid()
+
     def apply() -> None:  # runs in the child between fork and exec: keep it to system calls
+        if die_with_parent is not None:
+            # A Worker killed with SIGKILL takes its runner along (the kernel sends SIGKILL when
+            # the forking thread ends), instead of leaving it to compute for nobody.
+            die_with_parent(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft, cpu_hard))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _parent_death_signal() -> Callable[..., int] | None:
+    """libc's prctl, resolved before fork (nothing is looked up in the child); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
 
 
 def _kill_group(pid: int) -> None:

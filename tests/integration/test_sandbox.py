@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -153,8 +154,36 @@ def test_a_live_runner_has_the_scrubbed_environment_the_limits_and_the_job_dir(
     assert outcomes == [
         Outcome(False, {}, None, "wall-clock limit of 6 s exceeded", outcomes[0].seconds)
     ]
-    assert 6.0 <= outcomes[0].seconds < 9.0
+    assert outcomes[0].seconds >= 6.0
     assert not psutil.pid_exists(child.pid)
+
+
+def test_a_runner_dies_with_its_worker_when_the_worker_is_killed(tmp_path: Path) -> None:
+    # Prepare: a "Worker" process running a job that would compute for a minute
+    job_dir = evaluate_job(tmp_path / "job", CpuHog())
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pygrid.apps.worker.sandbox import Limits, run_job\n"
+        "limits = Limits(memory_mb=2048, cpu_seconds=60, wall_seconds=60.0)\n"
+        "run_job(Path(sys.argv[1]), limits, on_start=lambda pid: print(pid, flush=True))\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(job_dir)], stdout=subprocess.PIPE, text=True
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            runner = psutil.Process(int(worker.stdout.readline()))
+
+            # Execute: SIGKILL the Worker, which gets no chance to kill its runner itself
+            worker.kill()
+            worker.wait(timeout=30)
+
+            # Assert: the kernel took the runner along
+            runner.wait(timeout=30)
+            assert not runner.is_running()
+        finally:
+            worker.kill()
 
 
 def _limit(text: str, name: str) -> str:

@@ -337,11 +337,14 @@ def test_a_job_whose_worker_dies_is_finished_by_another_and_released_once(
         wait_for(
             "the first Worker to claim the job", lambda: node.job(job_id)["state"] == "running"
         )
+        wait_for("its job folder", lambda: list(first.work_dir.iterdir()))
         # A crash: the Worker and its sandbox vanish without a word to the Node.
         kill_tree(first.process, signal.SIGKILL)
     assert node.job(job_id)["state"] in ("running", "queued"), "it finished before the crash"
+    (left_behind,) = first.work_dir.iterdir()  # the private data a dead Worker cannot remove
 
-    with worker(node, token, tmp_path / "second.log", "--label", "second") as second:
+    # The next Worker on the same folder removes it.
+    with worker(node, token, tmp_path / "first.log", "--label", "second") as second:
         finished = wait_for(
             "the second Worker to finish the job",
             lambda: (job := node.job(job_id))["state"] in ("finished", "failed") and job,
@@ -354,6 +357,8 @@ def test_a_job_whose_worker_dies_is_finished_by_another_and_released_once(
     result = load_safetensors(node.call("GET", f"/data-centric/jobs/{job_id}/result").content)
 
     assert finished["attempts"] == 2
+    assert not left_behind.exists()
+    assert f"removed {left_behind}, left behind by a Worker that was killed" in second.output()
     assert set(result) >= {"weight", "bias"}
     assert result["weight"].shape == (2, 4)
     claims = node.events(job_id, "job.claim")

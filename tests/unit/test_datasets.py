@@ -25,6 +25,7 @@ from pygrid.datasets import (
     csvfile,
     detect_format,
     dump_columns,
+    formats,
     ingest,
     load_columns,
 )
@@ -199,6 +200,32 @@ def test_compressed_npz_and_non_contiguous_arrays() -> None:
 
     np.testing.assert_array_equal(ingested.columns["x"], x)
     assert ingested.columns["x"].flags.c_contiguous
+
+
+def test_a_compressed_npz_expanding_beyond_the_cap_is_refused_before_it_expands() -> None:
+    # Prepare: 64 MiB of zeros compress to ~64 KiB, a "zip bomb" in miniature
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=np.zeros(8 << 20))
+    data = buffer.getvalue()
+    assert len(data) < 1 << 20
+
+    # Execute / Assert: refused by the declared sizes, under a 16 MiB cap
+    with pytest.raises(DatasetError, match=r"expands to \d+ bytes, more than the 16777216"):
+        formats.read_npz(data, max_bytes=16 << 20)
+
+
+def test_an_npy_header_asking_for_more_than_its_member_holds_is_refused() -> None:
+    # Prepare: a member whose header promises 10**12 float64 but holds 8 bytes
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(b"\0" * 8)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", member.getvalue())
+
+    with pytest.raises(DatasetError, match=r"column 'x' declares shape \[1000000000000\]"):
+        ingest(buffer.getvalue(), fmt="npz")
 
 
 def test_dump_and_load_columns_round_trip() -> None:

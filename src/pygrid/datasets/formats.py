@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +30,10 @@ __all__ = [
 
 #: The upload formats, by the name the ``format`` form field uses.
 FORMATS = ("csv", "npz", "safetensors")
+
+#: The most an NPZ archive may expand to: compressed members (a "zip bomb") are checked against
+#: it before anything is decompressed, so a small upload cannot take a Node's memory.
+MAX_NPZ_BYTES = 1 << 30
 
 _EXTENSIONS = {".csv": "csv", ".npz": "npz", ".safetensors": "safetensors", ".st": "safetensors"}
 
@@ -62,12 +68,14 @@ def detect_format(filename: str | None, fmt: str | None) -> str:
     )
 
 
-def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` archive by name; object arrays and non-npz zips refused."""
+def read_npz(data: bytes, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive by name; object arrays, non-npz zips and archives
+    expanding beyond ``max_bytes`` refused."""
     if data[:6] == b"\x93NUMPY":
         raise DatasetError("this is a single .npy array, not an .npz archive of named columns")
     if data[:2] != b"PK":
         raise DatasetError("not an NPZ file: an .npz is a zip archive (numpy.savez)")
+    _check_npz_sizes(data, max_bytes)
     try:
         # allow_pickle=False: object arrays would be unpickled, i.e. run the uploader's code
         archive = np.load(io.BytesIO(data), allow_pickle=False)
@@ -82,6 +90,48 @@ def read_npz(data: bytes) -> dict[str, np.ndarray]:
                 raise DatasetError(f"the NPZ archive holds column {name!r} twice")
             columns[name] = _read_member(archive, name)
         return columns
+
+
+def _check_npz_sizes(data: bytes, max_bytes: int) -> None:
+    """Refuse an archive whose members expand beyond ``max_bytes`` or whose .npy headers ask
+    for more array than the member holds (numpy would allocate it before finding out)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            expanded = sum(member.file_size for member in members)
+            if expanded > max_bytes:
+                raise DatasetError(
+                    f"the NPZ archive expands to {expanded} bytes, more than the {max_bytes} "
+                    "allowed: upload fewer or smaller columns"
+                )
+            for member in members:
+                # zipfile stops decompressing at the declared file_size, so it bounds the read
+                with archive.open(member) as handle:
+                    _check_npy_header(handle, member)
+    except DatasetError:
+        raise
+    except Exception as exc:  # zipfile raises a dozen types on a damaged archive
+        raise DatasetError(f"not a valid NPZ file: {exc}") from None
+
+
+def _check_npy_header(
+    handle: io.BufferedIOBase | zipfile.ZipExtFile, member: zipfile.ZipInfo
+) -> None:
+    from numpy.lib import format as npy
+
+    if handle.read(6) != b"\x93NUMPY":
+        return  # not an array: _read_member names the problem
+    major, minor = handle.read(2)
+    read_header = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+    shape, _fortran, dtype = read_header(handle)
+    if dtype.hasobject:
+        return  # refused by name when read (allow_pickle=False)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > member.file_size:
+        raise DatasetError(
+            f"column {member.filename.removesuffix('.npy')!r} declares shape {list(shape)} "
+            f"({needed} bytes) but holds only {member.file_size} bytes"
+        )
 
 
 def _read_member(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
