@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -14,8 +15,18 @@ import typer
 
 from pygrid.cli.servers import fail
 
-# Exit status when the Node refuses the token: retrying cannot help, a supervisor should not.
+# Exit status when the Node refuses the token: retrying it cannot help. A Worker that read its
+# token from a secret store is restarted by systemd and reads the new one the Node published.
 EXIT_TOKEN_REFUSED = 2
+
+
+class SecretCloud(StrEnum):
+    """Whose secret store ``--token-from-secret`` reads (pygrid.providers.SECRET_STORES)."""
+
+    local = "local"
+    aws = "aws"
+    gcp = "gcp"
+    azure = "azure"
 
 
 def worker(
@@ -29,7 +40,7 @@ def worker(
         ),
     ],
     token: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--token",
             envvar="PYGRID_WORKER_TOKEN",
@@ -37,7 +48,34 @@ def worker(
             "environment variable: a command line is visible to every local user.",
             show_default=False,
         ),
-    ],
+    ] = None,
+    token_from_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--token-from-secret",
+            envvar="PYGRID_WORKER_TOKEN_SECRET",
+            help="Read the worker token from this secret of the cloud's secret store, with this "
+            "machine's identity, waiting until the Node has published it (cloud Workers).",
+            show_default=False,
+        ),
+    ] = None,
+    cloud: Annotated[
+        SecretCloud | None,
+        typer.Option(
+            "--cloud",
+            envvar="PYGRID_CLOUD",
+            help="The cloud whose secret store --token-from-secret reads.",
+            show_default=False,
+        ),
+    ] = None,
+    secret_timeout: Annotated[
+        float,
+        typer.Option(
+            "--secret-timeout",
+            min=0,
+            help="Seconds to wait for the token in --token-from-secret; 0 waits for ever.",
+        ),
+    ] = 0.0,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, max=64, help="Jobs to run at the same time.")
     ] = 1,
@@ -98,6 +136,14 @@ def worker(
         raise fail(
             f"--node must be an http:// or https:// URL, e.g. http://127.0.0.1:5000: {node!r}"
         )
+    if token and token_from_secret:
+        raise fail("give --token or --token-from-secret, not both")
+    if token_from_secret:
+        if cloud is None:
+            raise fail("--token-from-secret needs --cloud (or PYGRID_CLOUD): aws, gcp or azure")
+        token = _token_from_secret(str(cloud), token_from_secret, secret_timeout or None)
+    if not token:
+        raise fail("give --token (or PYGRID_WORKER_TOKEN), or --token-from-secret")
     if not token.startswith("pgw_"):
         typer.echo(
             "Error: --token is not a worker token (they start with pgw_); "
@@ -144,11 +190,26 @@ def worker(
     typer.echo("PyGrid worker stopped", err=True)
 
 
+def _token_from_secret(cloud: str, secret: str, timeout: float | None) -> str:
+    """The token the Node published in ``secret``, waited for; a clean error if it never comes."""
+    from pygrid.providers.worker_secret import fetch_worker_token
+
+    _configure_logging()
+    typer.echo(f"PyGrid worker: reading the worker token from {secret} ({cloud})", err=True)
+    try:
+        return fetch_worker_token(cloud, secret, timeout=timeout)
+    except (TimeoutError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
 def _configure_logging() -> None:
-    """One timestamped line per event on stderr."""
+    """One timestamped line per event on stderr (the Worker's, and its wait for a token)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logger = logging.getLogger("pygrid.worker")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    for name in ("pygrid.worker", "pygrid.providers.worker_secret"):
+        logger = logging.getLogger(name)
+        if logger.handlers:  # configured already (the token was read from a secret)
+            continue
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

@@ -53,14 +53,21 @@ locals {
   database_name = "pygrid"
   database_user = "pygrid"
 
+  # The secret the Node publishes its Workers' token in (pygrid.providers.worker_secret).
+  worker_token_secret = local.node ? aws_secretsmanager_secret.worker_token[0].arn : ""
+
   # Placeholders the startup scripts may use. None is a secret: the app reads the database
-  # password from Secrets Manager (__PYGRID_DATABASE_SECRET__) with its instance role.
-  app_user_data = replace(replace(replace(replace(replace(replace(replace(replace(
+  # password from Secrets Manager (__PYGRID_DATABASE_SECRET__) with its instance role, and the
+  # Workers their token (__PYGRID_WORKER_TOKEN_SECRET__) with theirs. __PYGRID_CLIENT_ID__ is
+  # Azure's user-assigned identity: empty here, where instance roles need no client id.
+  app_user_data = replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
     var.app_user_data,
     "__PYGRID_VERSION__", var.pygrid_version),
     "__PYGRID_REGION__", var.region),
     "__PYGRID_BUCKET__", aws_s3_bucket.this.bucket),
     "__PYGRID_WORKER_GROUP__", local.node ? local.worker_group_name : ""),
+    "__PYGRID_WORKER_TOKEN_SECRET__", local.worker_token_secret),
+    "__PYGRID_CLIENT_ID__", ""),
     "__PYGRID_DATABASE_HOST__", local.managed ? aws_db_instance.this[0].address : ""),
     "__PYGRID_DATABASE_PORT__", local.managed ? tostring(local.database_port) : ""),
     "__PYGRID_DATABASE_NAME__", local.managed ? local.database_name : ""),
@@ -68,10 +75,13 @@ locals {
   )
 
   node_url = "http://${aws_instance.this.private_ip}:${var.app_port}"
-  worker_user_data = replace(replace(
+  worker_user_data = replace(replace(replace(replace(replace(
     var.worker_user_data,
     "__PYGRID_VERSION__", var.pygrid_version),
-    "__PYGRID_NODE_URL__", local.node_url,
+    "__PYGRID_REGION__", var.region),
+    "__PYGRID_NODE_URL__", local.node_url),
+    "__PYGRID_WORKER_TOKEN_SECRET__", local.worker_token_secret),
+    "__PYGRID_CLIENT_ID__", "",
   )
 
   # SSH rules: one per (security group, CIDR); none when allowed_cidrs is empty.
@@ -335,7 +345,7 @@ resource "aws_vpc_security_group_ingress_rule" "database" {
 ################################################################################
 
 resource "aws_kms_key" "this" {
-  description             = "PyGrid ${var.name}: blob store encryption"
+  description             = "PyGrid ${var.name}: blob store and worker token encryption"
   enable_key_rotation     = true
   deletion_window_in_days = 7
   # The account administers the key; the app role gets use of it through its IAM policy.
@@ -446,7 +456,7 @@ resource "aws_s3_bucket_policy" "this" {
 }
 
 ################################################################################
-# Instance identity: the bucket, the database secret, the Node's own ASG, nothing else
+# Instance identity: the bucket, the database secret, the Workers' token, the Node's own ASG
 ################################################################################
 
 data "aws_iam_policy_document" "assume" {
@@ -510,6 +520,34 @@ data "aws_iam_policy_document" "this" {
   }
 
   dynamic "statement" {
+    # The Node mints its Workers' token and writes it here; it reads it back to tell whether the
+    # published token is still live. This one secret only.
+    for_each = local.node ? [1] : []
+
+    content {
+      sid       = "PublishWorkerToken"
+      actions   = ["secretsmanager:PutSecretValue", "secretsmanager:GetSecretValue"]
+      resources = [aws_secretsmanager_secret.worker_token[0].arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.node ? [1] : []
+
+    content {
+      sid       = "WorkerTokenEncryption"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [aws_kms_key.this.arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${var.region}.amazonaws.com"]
+      }
+    }
+  }
+
+  dynamic "statement" {
     for_each = local.node ? [1] : []
 
     content {
@@ -540,6 +578,76 @@ resource "aws_iam_role_policy" "this" {
 resource "aws_iam_instance_profile" "this" {
   name_prefix = "${var.name}-"
   role        = aws_iam_role.this.name
+
+  tags = local.tags
+}
+
+################################################################################
+# The Workers' token (app = node): a secret the Node writes and the Workers read
+################################################################################
+
+# Created empty: the Node mints the token at its first start and puts it here; each Worker reads
+# it with its own role (below). Nothing of it passes through user data or Terraform state.
+resource "aws_secretsmanager_secret" "worker_token" {
+  #checkov:skip=CKV2_AWS_57:The Node rotates this token itself: it mints and writes a new one whenever the stored one is revoked (pygrid worker-token revoke); a rotation Lambda could not mint Node tokens.
+  count = local.node ? 1 : 0
+
+  name_prefix = "${var.name}-worker-token-"
+  description = "PyGrid ${var.name}: the token the Node's Workers present (written by the Node)"
+  kms_key_id  = aws_kms_key.this.arn
+  # pygrid destroy removes it at once (the Node mints a new token on the next deploy anyway).
+  recovery_window_in_days = 0
+
+  tags = local.tags
+}
+
+# The Workers' own role: read that one secret, nothing else (they reach everything else through
+# the Node's HTTP API).
+resource "aws_iam_role" "worker" {
+  count = local.node ? 1 : 0
+
+  name_prefix        = "${var.name}-wkr-"
+  description        = "PyGrid Workers of ${var.name}"
+  assume_role_policy = data.aws_iam_policy_document.assume.json
+
+  tags = local.tags
+}
+
+data "aws_iam_policy_document" "worker" {
+  count = local.node ? 1 : 0
+
+  statement {
+    sid       = "ReadWorkerToken"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.worker_token[0].arn]
+  }
+
+  statement {
+    sid       = "WorkerTokenEncryption"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "worker" {
+  count = local.node ? 1 : 0
+
+  name_prefix = "pygrid-"
+  role        = aws_iam_role.worker[0].id
+  policy      = data.aws_iam_policy_document.worker[0].json
+}
+
+resource "aws_iam_instance_profile" "worker" {
+  count = local.node ? 1 : 0
+
+  name_prefix = "${var.name}-wkr-"
+  role        = aws_iam_role.worker[0].name
 
   tags = local.tags
 }
@@ -705,6 +813,10 @@ resource "aws_launch_template" "this" {
 
   user_data = base64encode(local.worker_user_data)
 
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.worker[0].arn
+  }
+
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
@@ -774,4 +886,7 @@ resource "aws_autoscaling_group" "this" {
     # The Node owns the desired capacity once running (it scales on its queue depth).
     ignore_changes = [desired_capacity]
   }
+
+  # Workers read their token at boot: let them find their permission in place.
+  depends_on = [aws_iam_role_policy.worker]
 }

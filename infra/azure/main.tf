@@ -26,9 +26,11 @@ locals {
   compact_name         = replace(var.name, "-", "")
   storage_account_name = "${substr(local.compact_name, 0, 16)}${local.suffix}"
   key_vault_name       = "${substr(local.compact_name, 0, 12)}-kv-${local.suffix}"
+  token_vault_name     = "${substr(local.compact_name, 0, 12)}-wt-${local.suffix}"
   database_server_name = "${var.name}-pg-${local.suffix}"
   container_name       = "blobs"
   secret_name          = "database-url"
+  token_secret_name    = "worker-token"
 
   address_space   = "10.30.0.0/16"
   app_prefix      = "10.30.1.0/24"
@@ -41,26 +43,37 @@ locals {
   worker_group_name = "${var.name}-workers"
   worker_group_id   = "${azurerm_resource_group.this.id}/providers/Microsoft.Compute/virtualMachineScaleSets/${local.worker_group_name}"
   container_url     = "${azurerm_storage_account.this.primary_blob_endpoint}${local.container_name}"
+  # The secret the Node publishes its Workers' token in (pygrid.providers.worker_secret): its
+  # versionless URL in the token's own vault.
+  worker_token_secret = local.node ? "${azurerm_key_vault.worker_token[0].vault_uri}secrets/${local.token_secret_name}" : ""
 
   # Placeholders the startup scripts may use (the same set on every cloud). None is a secret: the
   # app reads the database URL from Key Vault (__PYGRID_DATABASE_SECRET__, the secret's versionless
-  # URL) as its managed identity. The bucket is the container URL; the worker group the VMSS id.
-  app_user_data = replace(replace(replace(replace(replace(replace(replace(replace(
+  # URL) as its managed identity, and the Workers their token (__PYGRID_WORKER_TOKEN_SECRET__) as
+  # theirs. The bucket is ACCOUNT/CONTAINER (the app's blob store is az://ACCOUNT/CONTAINER/...);
+  # the worker group the VMSS id; __PYGRID_CLIENT_ID__ the client id of the VM's user-assigned
+  # identity, which the Azure SDKs need (AZURE_CLIENT_ID) to ask the metadata service for it.
+  app_user_data = replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
     var.app_user_data,
     "__PYGRID_VERSION__", var.pygrid_version),
     "__PYGRID_REGION__", var.region),
-    "__PYGRID_BUCKET__", local.container_url),
+    "__PYGRID_BUCKET__", "${azurerm_storage_account.this.name}/${local.container_name}"),
     "__PYGRID_WORKER_GROUP__", local.node ? local.worker_group_id : ""),
+    "__PYGRID_WORKER_TOKEN_SECRET__", local.worker_token_secret),
+    "__PYGRID_CLIENT_ID__", azurerm_user_assigned_identity.app.client_id),
     "__PYGRID_DATABASE_HOST__", local.managed_database ? azurerm_postgresql_flexible_server.this[0].fqdn : ""),
     "__PYGRID_DATABASE_PORT__", local.managed_database ? tostring(local.database_port) : ""),
     "__PYGRID_DATABASE_NAME__", local.managed_database ? local.database_name : ""),
     "__PYGRID_DATABASE_SECRET__", local.managed_database ? azurerm_key_vault_secret.database[0].versionless_id : "",
   )
 
-  worker_user_data = replace(replace(
+  worker_user_data = replace(replace(replace(replace(replace(
     var.worker_user_data,
     "__PYGRID_VERSION__", var.pygrid_version),
-    "__PYGRID_NODE_URL__", local.node_url,
+    "__PYGRID_REGION__", var.region),
+    "__PYGRID_NODE_URL__", local.node_url),
+    "__PYGRID_WORKER_TOKEN_SECRET__", local.worker_token_secret),
+    "__PYGRID_CLIENT_ID__", local.node ? azurerm_user_assigned_identity.worker[0].client_id : "",
   )
 
   image_reference = var.image_id == null ? [{
@@ -214,8 +227,19 @@ resource "azurerm_network_interface" "this" {
 # --- identity ------------------------------------------------------------------------------------
 
 # User-assigned, so its principal exists before the VM and the role assignments need no cycle.
+# The VMs name it to the SDKs by its client id (AZURE_CLIENT_ID in their environment files).
 resource "azurerm_user_assigned_identity" "app" {
   name                = "${var.name}-app"
+  resource_group_name = azurerm_resource_group.this.name
+  location            = azurerm_resource_group.this.location
+  tags                = local.tags
+}
+
+# The Workers' identity: Get on the worker token's vault, nothing else.
+resource "azurerm_user_assigned_identity" "worker" {
+  count = local.node ? 1 : 0
+
+  name                = "${var.name}-worker"
   resource_group_name = azurerm_resource_group.this.name
   location            = azurerm_resource_group.this.location
   tags                = local.tags
@@ -369,11 +393,14 @@ resource "azurerm_linux_virtual_machine" "this" {
     ignore_changes = [custom_data]
   }
 
-  # The identity can reach and read its container before the startup script first runs.
+  # The identity can reach and read its container (and reach the token's vault) before the
+  # startup script first runs.
   depends_on = [
     azurerm_role_assignment.blobs,
     azurerm_private_endpoint.blob,
     azurerm_private_dns_zone_virtual_network_link.blob,
+    azurerm_private_endpoint.worker_token,
+    azurerm_private_dns_zone_virtual_network_link.vault,
   ]
 }
 
@@ -519,6 +546,87 @@ resource "azurerm_key_vault_secret" "database" {
   tags         = local.tags
 }
 
+# --- the Workers' token (app = "node") -----------------------------------------------------------
+
+# A vault of its own, holding the one secret the Node writes (Terraform cannot create an empty Key
+# Vault secret: the Node's first write creates it) and the Workers read. Access policies apply at
+# once and, the vault holding nothing else, are per secret: the app VM Get and Set (it reads the
+# token back to tell whether it is still live), the Workers Get. Only the VMs use it, so it is
+# reached through a private endpoint alone; the deploying machine never touches its data plane.
+resource "azurerm_key_vault" "worker_token" {
+  count = local.node ? 1 : 0
+
+  name                          = local.token_vault_name
+  resource_group_name           = azurerm_resource_group.this.name
+  location                      = azurerm_resource_group.this.location
+  tenant_id                     = data.azurerm_client_config.this.tenant_id
+  sku_name                      = "standard"
+  soft_delete_retention_days    = 7
+  purge_protection_enabled      = true
+  public_network_access_enabled = false
+  tags                          = local.tags
+
+  network_acls {
+    default_action = "Deny"
+    bypass         = "AzureServices"
+  }
+
+  access_policy {
+    tenant_id          = data.azurerm_client_config.this.tenant_id
+    object_id          = azurerm_user_assigned_identity.app.principal_id
+    secret_permissions = ["Get", "Set"]
+  }
+
+  access_policy {
+    tenant_id          = data.azurerm_client_config.this.tenant_id
+    object_id          = azurerm_user_assigned_identity.worker[0].principal_id
+    secret_permissions = ["Get"]
+  }
+}
+
+# The VMs reach the vault over a private endpoint in their subnet; the private DNS zone makes its
+# usual host name resolve to it inside the VNet.
+resource "azurerm_private_dns_zone" "vault" {
+  count = local.node ? 1 : 0
+
+  name                = "privatelink.vaultcore.azure.net"
+  resource_group_name = azurerm_resource_group.this.name
+  tags                = local.tags
+}
+
+resource "azurerm_private_dns_zone_virtual_network_link" "vault" {
+  count = local.node ? 1 : 0
+
+  name                  = "${var.name}-vault"
+  resource_group_name   = azurerm_resource_group.this.name
+  private_dns_zone_name = azurerm_private_dns_zone.vault[0].name
+  virtual_network_id    = azurerm_virtual_network.this.id
+  registration_enabled  = false
+  tags                  = local.tags
+}
+
+resource "azurerm_private_endpoint" "worker_token" {
+  count = local.node ? 1 : 0
+
+  name                = "${var.name}-worker-token"
+  resource_group_name = azurerm_resource_group.this.name
+  location            = azurerm_resource_group.this.location
+  subnet_id           = azurerm_subnet.this.id
+  tags                = local.tags
+
+  private_service_connection {
+    name                           = "${var.name}-worker-token"
+    private_connection_resource_id = azurerm_key_vault.worker_token[0].id
+    subresource_names              = ["vault"]
+    is_manual_connection           = false
+  }
+
+  private_dns_zone_group {
+    name                 = "vault"
+    private_dns_zone_ids = [azurerm_private_dns_zone.vault[0].id]
+  }
+}
+
 # --- Worker group (app = "node"; a Network has no Workers) ---------------------------------------
 
 # No autoscale setting: the Node resizes the scale set from its queue depth, so Terraform sets the
@@ -573,13 +681,23 @@ resource "azurerm_linux_virtual_machine_scale_set" "worker" {
     }
   }
 
+  identity {
+    type         = "UserAssigned"
+    identity_ids = [azurerm_user_assigned_identity.worker[0].id]
+  }
+
   boot_diagnostics {}
 
   lifecycle {
     ignore_changes = [instances]
   }
 
-  depends_on = [azurerm_subnet_nat_gateway_association.this]
+  # Workers read their token at boot: let them reach the vault first.
+  depends_on = [
+    azurerm_subnet_nat_gateway_association.this,
+    azurerm_private_endpoint.worker_token,
+    azurerm_private_dns_zone_virtual_network_link.vault,
+  ]
 }
 
 # The Node's autoscaler sets this scale set's capacity: Virtual Machine Contributor on it alone.

@@ -26,6 +26,8 @@ locals {
   database_user     = "pygrid"
   database_port     = 5432
   secret_id         = "${var.name}-database-url"
+  # The secret the Node publishes its Workers' token in (pygrid.providers.worker_secret).
+  worker_token_secret = local.node ? google_secret_manager_secret.worker_token[0].id : ""
 
   image = coalesce(var.image_id, "debian-cloud/debian-12")
 
@@ -50,23 +52,30 @@ locals {
 
   # Placeholders the startup scripts may use (the same set on every cloud). None is a secret: the
   # app reads the database URL from Secret Manager (__PYGRID_DATABASE_SECRET__) as its service
-  # account. The worker group is a path the Compute API takes: projects/P/regions/R/.../NAME.
-  app_user_data = replace(replace(replace(replace(replace(replace(replace(replace(
+  # account, and the Workers their token (__PYGRID_WORKER_TOKEN_SECRET__) as theirs. The worker
+  # group is a path the Compute API takes: projects/P/regions/R/.../NAME. __PYGRID_CLIENT_ID__ is
+  # Azure's user-assigned identity: empty here, where a VM has one service account.
+  app_user_data = replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
     var.app_user_data,
     "__PYGRID_VERSION__", var.pygrid_version),
     "__PYGRID_REGION__", var.region),
     "__PYGRID_BUCKET__", local.bucket_name),
     "__PYGRID_WORKER_GROUP__", local.node ? local.worker_group_id : ""),
+    "__PYGRID_WORKER_TOKEN_SECRET__", local.worker_token_secret),
+    "__PYGRID_CLIENT_ID__", ""),
     "__PYGRID_DATABASE_HOST__", local.managed_database ? google_sql_database_instance.this[0].private_ip_address : ""),
     "__PYGRID_DATABASE_PORT__", local.managed_database ? tostring(local.database_port) : ""),
     "__PYGRID_DATABASE_NAME__", local.managed_database ? local.database_name : ""),
     "__PYGRID_DATABASE_SECRET__", local.managed_database ? google_secret_manager_secret.database[0].id : "",
   )
 
-  worker_user_data = replace(replace(
+  worker_user_data = replace(replace(replace(replace(replace(
     var.worker_user_data,
     "__PYGRID_VERSION__", var.pygrid_version),
-    "__PYGRID_NODE_URL__", local.node_url,
+    "__PYGRID_REGION__", var.region),
+    "__PYGRID_NODE_URL__", local.node_url),
+    "__PYGRID_WORKER_TOKEN_SECRET__", local.worker_token_secret),
+    "__PYGRID_CLIENT_ID__", "",
   )
 }
 
@@ -190,16 +199,16 @@ resource "google_compute_address" "private" {
 resource "google_service_account" "app" {
   account_id   = "${local.short}-app"
   display_name = "PyGrid ${var.app} ${var.name}"
-  description  = "The PyGrid app VM: objects in its bucket, its database secret, resizing its Worker group."
+  description  = "The PyGrid app VM: objects in its bucket, its database secret, its Workers' token secret, resizing its Worker group."
 }
 
-# Workers only talk HTTP to the Node: their account holds no role at all.
+# Workers talk HTTP to the Node: their account may only read their token's secret.
 resource "google_service_account" "worker" {
   count = local.node ? 1 : 0
 
   account_id   = "${local.short}-wkr"
   display_name = "PyGrid workers ${var.name}"
-  description  = "PyGrid Workers of ${var.name}; no roles."
+  description  = "PyGrid Workers of ${var.name}; reads its worker token secret only."
 }
 
 # The Node's autoscaler resizes its own Worker group. No predefined role is that narrow
@@ -327,6 +336,8 @@ resource "google_compute_instance" "this" {
   depends_on = [
     google_storage_bucket_iam_member.app,
     google_secret_manager_secret_iam_member.app,
+    google_secret_manager_secret_iam_member.worker_token_publish,
+    google_secret_manager_secret_iam_member.worker_token_app,
   ]
 }
 
@@ -497,6 +508,50 @@ resource "google_secret_manager_secret_iam_member" "app" {
   member    = google_service_account.app.member
 }
 
+# --- the Workers' token (app = "node") -----------------------------------------------------------
+
+# Created empty: the Node mints the token at its first start and adds it as a version; each
+# Worker reads it as its own service account. Nothing of it passes through metadata or state.
+resource "google_secret_manager_secret" "worker_token" {
+  count = local.node ? 1 : 0
+
+  secret_id = "${var.name}-worker-token"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+}
+
+# Adding versions is all the Node needs to publish; it reads the secret back to tell whether the
+# published token is still live. Bound on this one secret, not the project.
+resource "google_secret_manager_secret_iam_member" "worker_token_publish" {
+  count = local.node ? 1 : 0
+
+  project   = local.project
+  secret_id = google_secret_manager_secret.worker_token[0].secret_id
+  role      = "roles/secretmanager.secretVersionAdder"
+  member    = google_service_account.app.member
+}
+
+resource "google_secret_manager_secret_iam_member" "worker_token_app" {
+  count = local.node ? 1 : 0
+
+  project   = local.project
+  secret_id = google_secret_manager_secret.worker_token[0].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.app.member
+}
+
+resource "google_secret_manager_secret_iam_member" "worker_token_workers" {
+  count = local.node ? 1 : 0
+
+  project   = local.project
+  secret_id = google_secret_manager_secret.worker_token[0].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.worker[0].member
+}
+
 # --- Worker group (app = "node"; a Network has no Workers) ---------------------------------------
 
 resource "google_compute_instance_template" "worker" {
@@ -561,4 +616,7 @@ resource "google_compute_region_instance_group_manager" "worker" {
   lifecycle {
     ignore_changes = [target_size]
   }
+
+  # Workers read their token at boot: let them find their permission in place.
+  depends_on = [google_secret_manager_secret_iam_member.worker_token_workers]
 }

@@ -131,7 +131,7 @@ variable "app_user_data" {
 }
 
 variable "worker_user_data" {
-  description = "Startup script of a Worker (rendered by the CLI); __PYGRID_NODE_URL__ becomes the Node's private URL."
+  description = "Startup script of a Worker (rendered by the CLI); placeholders listed in main.tf locals are replaced (__PYGRID_NODE_URL__ becomes the Node's private URL)."
   type        = string
 }
 

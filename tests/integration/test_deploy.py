@@ -4,6 +4,7 @@ tests/e2e/test_deploy_aws.py."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,51 @@ def test_dry_run_renders_a_clean_deployment_with_no_credentials(
     assert exec_start.startswith("ExecStart=/opt/pygrid/start.sh node --host 0.0.0.0 --port 5000")
     fetch = app_script.split("cat > /opt/pygrid/database_url.py <<'PY'\n")[1].split("\nPY\n")[0]
     compile(fetch, "database_url.py", "exec")  # the secret-store snippet is valid Python
+    check_cloud_wiring(cloud, folder)
+
+
+BLOB_URLS = {
+    "aws": "s3://__PYGRID_BUCKET__/blobs",
+    "gcp": "gs://__PYGRID_BUCKET__/blobs",
+    "azure": "az://__PYGRID_BUCKET__/blobs",
+}
+
+
+def heredoc(script: str, target: str) -> list[str]:
+    """The lines a startup script writes into ``target`` (a ``cat > target <<'ENV'`` block)."""
+    return script.split(f"cat > {target} <<'ENV'\n")[1].split("\nENV\n")[0].splitlines()
+
+
+def replaced(module: str, local: str) -> set[str]:
+    """The placeholders the module's ``local = replace(...)`` chain fills in."""
+    chain = module.split(f"  {local} = replace(", 1)[1].split("\n  )\n", 1)[0]
+    return set(re.findall(r'"(__PYGRID_[A-Z_]+__)"', chain))
+
+
+def check_cloud_wiring(cloud: str, folder: Path) -> None:
+    """Each VM learns its blob store and the Workers' token secret (never the token), and the
+    module fills in every placeholder its script uses."""
+    app_script = (folder / "app-startup.sh").read_text()
+    worker_script = (folder / "worker-startup.sh").read_text()
+    app_env, worker_env = (
+        heredoc(app_script, "/etc/pygrid/app.env"),
+        heredoc(worker_script, "/etc/pygrid/worker.env"),
+    )
+    assert f"PYGRID_BLOB_URL={BLOB_URLS[cloud]}" in app_env
+    for env in (app_env, worker_env):
+        assert f"PYGRID_CLOUD={cloud}" in env
+        assert "PYGRID_WORKER_TOKEN_SECRET=__PYGRID_WORKER_TOKEN_SECRET__" in env
+        # a user-assigned identity is named to the Azure SDKs by its client id
+        assert ("AZURE_CLIENT_ID=__PYGRID_CLIENT_ID__" in env) == (cloud == "azure")
+    assert not any("PYGRID_WORKER_TOKEN=" in line for line in app_script.splitlines())
+    assert "PYGRID_WORKER_TOKEN=" not in worker_script
+    module = (folder / "modules" / cloud / "main.tf").read_text()
+    used = {
+        "app_user_data": set(re.findall(r"__PYGRID_[A-Z_]+__", app_script)),
+        "worker_user_data": set(re.findall(r"__PYGRID_[A-Z_]+__", worker_script)),
+    }
+    for local, placeholders in used.items():
+        assert placeholders - replaced(module, local) == set(), f"{cloud}: {local}"
 
 
 def test_dry_run_can_be_repeated_and_destroyed_cleanly(no_credentials: dict[str, str]) -> None:

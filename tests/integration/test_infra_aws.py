@@ -47,6 +47,7 @@ SKIPPED_CHECKS = {
     "CKV_AWS_353",  # RDS Performance Insights: opt-in cost
     "CKV_AWS_354",  # ...so no Performance Insights key either
     "CKV_AWS_293",  # RDS deletion protection: pygrid destroy deletes (final snapshot kept)
+    "CKV2_AWS_57",  # worker token rotation: the Node mints a new one when it is revoked
 }
 
 # Every placeholder the module fills in the app's startup script (infra/aws/main.tf locals).
@@ -55,13 +56,18 @@ APP_PLACEHOLDERS = {
     "region": "__PYGRID_REGION__",
     "bucket": "__PYGRID_BUCKET__",
     "worker_group": "__PYGRID_WORKER_GROUP__",
+    "worker_token_secret": "__PYGRID_WORKER_TOKEN_SECRET__",
+    "client_id": "__PYGRID_CLIENT_ID__",
     "database_host": "__PYGRID_DATABASE_HOST__",
     "database_port": "__PYGRID_DATABASE_PORT__",
     "database_name": "__PYGRID_DATABASE_NAME__",
     "database_secret": "__PYGRID_DATABASE_SECRET__",
 }
 APP_USER_DATA = "".join(f"{key}={value}\n" for key, value in APP_PLACEHOLDERS.items())
-WORKER_USER_DATA = "#!/bin/sh\necho node=__PYGRID_NODE_URL__ version=__PYGRID_VERSION__\n"
+WORKER_USER_DATA = (
+    "#!/bin/sh\necho node=__PYGRID_NODE_URL__ version=__PYGRID_VERSION__"
+    " region=__PYGRID_REGION__ token=__PYGRID_WORKER_TOKEN_SECRET__ client=__PYGRID_CLIENT_ID__\n"
+)
 
 
 def readme_names(section: str) -> set[str]:
@@ -280,6 +286,22 @@ def decoded(user_data: str) -> str:
     return base64.b64decode(user_data).decode()
 
 
+def worker_token_secret(endpoint: str, name: str) -> str:
+    """The ARN of the deployment's (empty) worker token secret: the Node fills it at its start."""
+    secrets = aws("secretsmanager", endpoint).list_secrets()["SecretList"]
+    (arn,) = [s["ARN"] for s in secrets if s["Name"].startswith(f"{name}-worker-token-")]
+    return str(arn)
+
+
+def check_worker_token_secret(endpoint: str, arn: str) -> None:
+    """KMS-encrypted with the deployment's key, and created without a value."""
+    client = aws("secretsmanager", endpoint)
+    described = client.describe_secret(SecretId=arn)
+    assert described["KmsKeyId"].startswith(f"arn:aws:kms:{REGION}:")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_secret_value(SecretId=arn)
+
+
 def check_node(endpoint: str, outputs: dict[str, Any], database: dict[str, str]) -> None:
     """The app VM: IMDSv2, encrypted disk, filled startup script, only the app port open."""
     ec2 = aws("ec2", endpoint)
@@ -296,6 +318,8 @@ def check_node(endpoint: str, outputs: dict[str, Any], database: dict[str, str])
         "region": REGION,
         "bucket": outputs["bucket"],
         "worker_group": outputs["worker_group"],
+        "worker_token_secret": worker_token_secret(endpoint, "alice"),
+        "client_id": "",
         **database,
     }
 
@@ -324,16 +348,17 @@ def as_list(value: str | list[str]) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
-def check_role(endpoint: str, name: str, outputs: dict[str, Any]) -> None:
-    """Least privilege: the bucket (and its key), the database secret, its own ASG.
+def role_policy(endpoint: str, prefix: str, but_not: str = "") -> dict[str, list[str]]:
+    """Action -> resources of the inline policy of the one role named ``prefix...``.
 
     moto stores IAM policies but does not enforce them: this reads the policy back.
     """
     iam = aws("iam", endpoint)
+    roles = [role["RoleName"] for role in iam.list_roles()["Roles"]]
     (role,) = [
-        role["RoleName"]
-        for role in iam.list_roles()["Roles"]
-        if role["RoleName"].startswith(f"{name}-")
+        name
+        for name in roles
+        if name.startswith(prefix) and not (but_not and name.startswith(but_not))
     ]
     (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
     document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
@@ -341,12 +366,20 @@ def check_role(endpoint: str, name: str, outputs: dict[str, Any]) -> None:
     for statement in document["Statement"]:
         assert statement["Effect"] == "Allow"
         for action in as_list(statement["Action"]):
-            allowed[action] = as_list(statement["Resource"])
+            allowed.setdefault(action, []).extend(as_list(statement["Resource"]))
+    return allowed
+
+
+def check_role(endpoint: str, name: str, outputs: dict[str, Any]) -> None:
+    """Least privilege: the bucket (and its key), the database secret, the Workers' token secret
+    (write, and read back), its own ASG."""
+    allowed = role_policy(endpoint, f"{name}-", but_not=f"{name}-wkr-")
     bucket_arn = f"arn:aws:s3:::{outputs['bucket']}"
     group_arn = (
         f"arn:aws:autoscaling:{REGION}:123456789012:autoScalingGroup:*:"
         f"autoScalingGroupName/{outputs['worker_group']}"
     )
+    token_arn = worker_token_secret(endpoint, name)
     expected = {
         "s3:ListBucket": [bucket_arn],
         "s3:GetBucketLocation": [bucket_arn],
@@ -355,19 +388,33 @@ def check_role(endpoint: str, name: str, outputs: dict[str, Any]) -> None:
         "s3:DeleteObject": [f"{bucket_arn}/*"],
         "s3:AbortMultipartUpload": [f"{bucket_arn}/*"],
         "s3:ListMultipartUploadParts": [f"{bucket_arn}/*"],
+        "secretsmanager:PutSecretValue": [token_arn],
+        "secretsmanager:GetSecretValue": [token_arn],
         "autoscaling:SetDesiredCapacity": [group_arn],
         # Describe calls take no resource-level permissions
         "autoscaling:DescribeAutoScalingGroups": ["*"],
         "autoscaling:DescribeScalingActivities": ["*"],
     }
     if outputs.get("database_url_secret"):
-        expected["secretsmanager:GetSecretValue"] = [outputs["database_url_secret"]]
+        expected["secretsmanager:GetSecretValue"].insert(0, outputs["database_url_secret"])
         expected["secretsmanager:DescribeSecret"] = [outputs["database_url_secret"]]
     key_actions = {action: allowed.pop(action) for action in ("kms:Decrypt", "kms:GenerateDataKey")}
     assert allowed == expected
+    # one statement for S3's use of the key, one for Secrets Manager's: the same key
+    assert [len(resources) for resources in key_actions.values()] == [2, 2]
     assert all(
-        resources[0].startswith(f"arn:aws:kms:{REGION}:") for resources in key_actions.values()
+        resource.startswith(f"arn:aws:kms:{REGION}:")
+        for resources in key_actions.values()
+        for resource in resources
     )
+
+
+def check_worker_role(endpoint: str, name: str) -> None:
+    """The Workers' role reads their token's secret (and decrypts it), nothing else."""
+    allowed = role_policy(endpoint, f"{name}-wkr-")
+    (key,) = allowed.pop("kms:Decrypt")
+    assert key.startswith(f"arn:aws:kms:{REGION}:")
+    assert allowed == {"secretsmanager:GetSecretValue": [worker_token_secret(endpoint, name)]}
 
 
 def check_workers(endpoint: str, outputs: dict[str, Any]) -> None:
@@ -384,8 +431,10 @@ def check_workers(endpoint: str, outputs: dict[str, Any]) -> None:
     )["LaunchTemplateVersions"]
     data = version["LaunchTemplateData"]
     assert decoded(data["UserData"]) == (
-        f"#!/bin/sh\necho node=http://{outputs['private_ip']}:5000 version=0.1.0\n"
+        f"#!/bin/sh\necho node=http://{outputs['private_ip']}:5000 version=0.1.0 region={REGION}"
+        f" token={worker_token_secret(endpoint, 'alice')} client=\n"
     )
+    assert data["IamInstanceProfile"]["Arn"].split("/")[-1].startswith("alice-wkr-")
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert all(device["Ebs"]["Encrypted"] for device in data["BlockDeviceMappings"])
 
@@ -460,6 +509,8 @@ def test_apply_then_destroy_against_moto(tmp_path: Path, moto_endpoint: str, dat
         check_node(moto_endpoint, outputs, filled)
         check_bucket(moto_endpoint, outputs["bucket"])
         check_role(moto_endpoint, "alice", outputs)
+        check_worker_role(moto_endpoint, "alice")
+        check_worker_token_secret(moto_endpoint, worker_token_secret(moto_endpoint, "alice"))
         check_workers(moto_endpoint, outputs)
     finally:
         # apply read every resource back a moment ago: refreshing them again only costs time

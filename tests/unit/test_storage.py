@@ -1,7 +1,13 @@
 """One contract suite for every blob store (STYLE.md rule 6), then each store's own promises.
 
-The ``store`` fixture runs each contract test against the local reference store and against
-`S3BlobStore` talking to a real moto server process on 127.0.0.1 (marked ``cloud``).
+The ``store`` fixture runs each contract test against the local reference store and, through
+the real client libraries against stand-ins on 127.0.0.1 (marked ``cloud``), against:
+
+- `S3BlobStore`: boto3 and a moto server process;
+- `GCSBlobStore`: google-cloud-storage and `GcsStub` (the JSON API, uploads and downloads);
+- `AzureBlobStore`: azure-storage-blob and Azurite (npm) over https, signed in as a VM is: a
+  user-assigned managed identity (``AZURE_CLIENT_ID``) whose token an `ImdsStub` hands out.
+  Skipped where node or Azurite is missing (scripts/setup.sh installs them).
 """
 
 from __future__ import annotations
@@ -32,10 +38,15 @@ from pygrid.storage import (
     open_store,
 )
 from pygrid.storage.local import LocalBlobStore
+from tests.support import azurite as azurite_support
+from tests.support.cloud_stubs import GcsStub, ImdsStub
 from tests.support.moto import FAKE_AWS_ENV, HOST, moto_server
 
 MB = 1024 * 1024
 REGION = "us-east-1"
+#: The client id of the app VM's user-assigned identity, as the Azure module writes it.
+AZURE_CLIENT_ID = "5b0c4d2e-6f1a-4b3c-9d8e-7f6a5b4c3d2e"
+CLOUD_STORES = ["s3", "gcs", "azure"]
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -106,28 +117,119 @@ def s3_bucket(s3_client: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.cloud)])
+@pytest.fixture(scope="session")
+def gcs_stub() -> Iterator[GcsStub]:
+    """One GCS stand-in for the whole session; each test gets its own bucket in it."""
+    with GcsStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def gcs_env(monkeypatch: pytest.MonkeyPatch, gcs_stub: GcsStub) -> GcsStub:
+    """The stub's endpoint in the environment, as PYGRID_GCS_ENDPOINT_URL; nothing leaves 127.0.0.1."""
+    offline(monkeypatch)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.setenv("PYGRID_GCS_ENDPOINT_URL", gcs_stub.url)
+    return gcs_stub
+
+
+@pytest.fixture
+def gcs_bucket(gcs_env: GcsStub) -> str:
+    return gcs_env.add_bucket(f"pygrid-test-{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[azurite_support.Azurite]:
+    """One Azurite process (https, OAuth) for the whole session, stopped by PID at the end."""
+    reason = azurite_support.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    with azurite_support.azurite_blob() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def imds() -> Iterator[ImdsStub]:
+    """The metadata service of a VM with one user-assigned identity (AZURE_CLIENT_ID's)."""
+    with ImdsStub({AZURE_CLIENT_ID: azurite_support.managed_identity_token()}) as stub:
+        yield stub
+
+
+@pytest.fixture
+def azure_env(
+    monkeypatch: pytest.MonkeyPatch, azurite: azurite_support.Azurite, imds: ImdsStub
+) -> azurite_support.Azurite:
+    """What the app VM's environment holds, with Azurite for the account and the IMDS stub."""
+    offline(monkeypatch)
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "MSI_", "IDENTITY_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_CLIENT_ID", AZURE_CLIENT_ID)
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", azurite.ca_file)
+    monkeypatch.setenv("PYGRID_AZURE_BLOB_ENDPOINT_URL", azurite.url)
+    return azurite
+
+
+@pytest.fixture
+def azure_container(azure_env: azurite_support.Azurite) -> str:
+    """A fresh container, made with the account key (the VM's identity only uses it)."""
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"pygrid-test-{uuid.uuid4().hex[:16]}"
+    with BlobServiceClient.from_connection_string(azure_env.connection_string) as service:
+        service.create_container(name)
+    return name
+
+
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("NO_PROXY", HOST)
+
+
+def cloud_store(request: pytest.FixtureRequest, kind: str, missing: bool = False) -> BlobStore:
+    """A cloud store on a fresh bucket (container), or on one that does not exist."""
+    gone = f"missing-{uuid.uuid4().hex[:16]}"
+    if kind == "s3":
+        from pygrid.storage.s3 import S3BlobStore
+
+        endpoint = request.getfixturevalue("aws_env")
+        bucket = gone if missing else request.getfixturevalue("s3_bucket")
+        return S3BlobStore(bucket, endpoint_url=endpoint, region=REGION)
+    if kind == "gcs":
+        from pygrid.storage.gcs import GCSBlobStore
+
+        request.getfixturevalue("gcs_env")
+        return GCSBlobStore(gone if missing else request.getfixturevalue("gcs_bucket"))
+    from pygrid.storage.azure_blob import AzureBlobStore
+
+    request.getfixturevalue("azure_env")
+    container = gone if missing else request.getfixturevalue("azure_container")
+    return AzureBlobStore(azurite_support.ACCOUNT, container)
+
+
+@pytest.fixture(
+    params=["local", *(pytest.param(kind, marks=pytest.mark.cloud) for kind in CLOUD_STORES)]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     """Every blob store implementation, empty."""
     if request.param == "local":
         return LocalBlobStore(tmp_path / "blobs")
-    from pygrid.storage.s3 import S3BlobStore
-
-    bucket = request.getfixturevalue("s3_bucket")
-    return S3BlobStore(bucket, endpoint_url=request.getfixturevalue("aws_env"), region=REGION)
+    return cloud_store(request, request.param)
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.cloud)])
+@pytest.fixture(
+    params=["local", *(pytest.param(kind, marks=pytest.mark.cloud) for kind in CLOUD_STORES)]
+)
 def unavailable_store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     """Every implementation, pointed at storage that is gone."""
     if request.param == "local":
         local = LocalBlobStore(tmp_path / "blobs")
         shutil.rmtree(local.root)  # the volume was unmounted under the running Node
         return local
-    from pygrid.storage.s3 import S3BlobStore
-
-    endpoint = request.getfixturevalue("aws_env")
-    return S3BlobStore(f"missing-{uuid.uuid4().hex[:16]}", endpoint_url=endpoint, region=REGION)
+    return cloud_store(request, request.param, missing=True)
 
 
 # --- the contract: every implementation ----------------------------------------------------------
@@ -451,13 +553,15 @@ def test_registry_names_each_store_lazily() -> None:
     assert STORES == {
         "file": "pygrid.storage.local:LocalBlobStore",
         "s3": "pygrid.storage.s3:S3BlobStore",
+        "gs": "pygrid.storage.gcs:GCSBlobStore",
+        "az": "pygrid.storage.azure_blob:AzureBlobStore",
     }
 
 
 def test_open_store_rejects_unknown_schemes() -> None:
     # Execute / Assert
-    with pytest.raises(ValueError, match=r"'gs'.*file, s3"):
-        open_store("gs://bucket/prefix")
+    with pytest.raises(ValueError, match=r"'hdfs'.*az, file, gs, s3"):
+        open_store("hdfs://cluster/prefix")
 
 
 @pytest.mark.parametrize(
@@ -468,6 +572,14 @@ def test_open_store_rejects_unknown_schemes() -> None:
         pytest.param("s3://", id="s3-without-bucket"),
         pytest.param("s3://bucket/prefix#part", id="s3-with-fragment"),
         pytest.param("s3://bucket/../escape", id="s3-bad-prefix"),
+        pytest.param("gs://", id="gs-without-bucket"),
+        pytest.param("gs://bucket/prefix?x=1", id="gs-with-query"),
+        pytest.param("gs://bucket/a//b", id="gs-bad-prefix"),
+        pytest.param("az://account", id="az-without-container"),
+        pytest.param("az://Account/blobs", id="az-bad-account"),
+        pytest.param("az://account/b", id="az-bad-container"),
+        pytest.param("az://account/blobs#part", id="az-with-fragment"),
+        pytest.param("az://account/blobs/../escape", id="az-bad-prefix"),
     ],
 )
 def test_open_store_rejects_malformed_urls(url: str) -> None:
@@ -483,13 +595,14 @@ def test_open_store_rejects_endpoint_for_local_stores(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_opening_a_local_store_does_not_import_boto3(tmp_path: Path) -> None:
-    # Prepare: a fresh interpreter, since this one may have imported boto3 already
+def test_opening_a_local_store_imports_no_cloud_sdk(tmp_path: Path) -> None:
+    # Prepare: a fresh interpreter, since this one may have imported the SDKs already
     src = Path(pygrid.__file__).resolve().parents[1]
+    sdks = ("boto3", "botocore", "google", "azure")
     code = (
         "import sys; from pygrid.storage import open_store; "
         f"s = open_store({str(tmp_path / 'blobs')!r}); s.put('k', b'v'); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sdks!r}))"
     )
 
     # Execute
@@ -723,6 +836,262 @@ def test_s3_region_comes_from_the_environment(
     # Assert
     assert store.client.meta.region_name == expected  # type: ignore[attr-defined]
     assert store.client.meta.endpoint_url == aws_env  # type: ignore[attr-defined]
+
+
+# --- the GCS store -------------------------------------------------------------------------------
+
+
+@pytest.mark.cloud
+def test_gcs_objects_land_under_the_prefix(gcs_env: GcsStub, gcs_bucket: str) -> None:
+    # Prepare
+    store = open_store(f"gs://{gcs_bucket}/grid1/alice")
+
+    # Execute
+    store.put("models/1", b"bytes")
+    store.put("models/2", io.BytesIO(b"stream"))
+
+    # Assert
+    assert store.url == f"gs://{gcs_bucket}/grid1/alice"
+    assert gcs_env.objects(gcs_bucket) == {
+        "grid1/alice/models/1": b"bytes",
+        "grid1/alice/models/2": b"stream",
+    }
+
+
+@pytest.mark.cloud
+def test_gcs_large_stream_is_a_resumable_upload_in_bounded_chunks(
+    gcs_env: GcsStub, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: 256 KiB chunks (GCS's smallest), so a 1 MiB stream takes five requests
+    from pygrid.storage import gcs
+
+    monkeypatch.setattr(gcs, "CHUNK_SIZE", 256 * 1024)
+    store = open_store(f"gs://{gcs_bucket}")
+    data = payload(MB + 5)
+    before = len(gcs_env.requests)
+
+    # Execute
+    written = store.put("datasets/big.bin", SocketLikeStream(data, max_read=1000))
+
+    # Assert
+    uploads = [r for r in gcs_env.requests[before:] if r.path.startswith("/upload/")]
+    assert written == len(data)
+    assert [(r.method, r.query.get("uploadType")) for r in uploads] == [
+        ("POST", "resumable"),
+        *[("PUT", "resumable")] * 5,
+    ]
+    assert gcs_env.objects(gcs_bucket) == {"datasets/big.bin": data}
+
+
+@pytest.mark.cloud
+def test_gcs_failed_upload_leaves_an_unfinished_session_only(
+    gcs_env: GcsStub, gcs_bucket: str
+) -> None:
+    # Prepare
+    store = open_store(f"gs://{gcs_bucket}")
+    stream = SocketLikeStream(payload(10 * MB), max_read=MB, fail_at=9 * MB)
+
+    # Execute
+    with pytest.raises(ConnectionResetError):
+        store.put("datasets/big.csv", stream)
+
+    # Assert
+    assert gcs_env.objects(gcs_bucket) == {}
+    assert [u.name for u in gcs_env.uploads.values() if u.bucket == gcs_bucket] == [
+        "datasets/big.csv"
+    ]
+
+
+@pytest.mark.cloud
+def test_gcs_reader_keeps_its_generation_across_ranged_reads(
+    gcs_env: GcsStub, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: four ranged reads, the blob overwritten after the first
+    from pygrid.storage import gcs
+
+    monkeypatch.setattr(gcs, "READ_CHUNK_SIZE", 256 * 1024)
+    store = open_store(f"gs://{gcs_bucket}")
+    old = payload(MB, seed=1)
+    store.put("models/7/latest", old)
+
+    # Execute
+    with store.open("models/7/latest") as reader:
+        first = reader.read(256 * 1024)
+        store.put("models/7/latest", payload(MB, seed=2))
+        rest = b"".join(iter(lambda: reader.read(256 * 1024), b""))
+
+    # Assert
+    assert first + rest == old
+    ranged = gcs_env.requests_to("GET", "/download/")[-4:]
+    assert len({r.query.get("generation") for r in ranged}) == 1
+
+
+@pytest.mark.cloud
+def test_gcs_list_follows_pages(
+    gcs_env: GcsStub, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    monkeypatch.setattr(gcs_env, "page_size", 2)
+    store = open_store(f"gs://{gcs_bucket}")
+    keys = [f"diffs/{n:02d}" for n in range(7)]
+    for key in reversed(keys):
+        store.put(key, b"d")
+
+    # Execute
+    listed = store.list("diffs/")
+
+    # Assert
+    assert listed == keys
+    assert len(gcs_env.requests_to("GET", f"/storage/v1/b/{gcs_bucket}/o$")) == 4
+
+
+@pytest.mark.cloud
+def test_gcs_check_names_a_missing_permission(
+    gcs_env: GcsStub, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: an identity that may read but not delete
+    monkeypatch.setattr(gcs_env, "denied_permissions", {"storage.objects.delete"})
+    store = open_store(f"gs://{gcs_bucket}")
+
+    # Execute / Assert
+    with pytest.raises(StoreUnavailable, match=r"lacks storage\.objects\.delete"):
+        store.check()
+
+
+@pytest.mark.cloud
+def test_gcs_endpoint_can_be_given_to_open_store(
+    gcs_env: GcsStub, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    monkeypatch.delenv("PYGRID_GCS_ENDPOINT_URL")
+
+    # Execute
+    store = open_store(f"gs://{gcs_bucket}/p", endpoint_url=gcs_env.url)
+    store.put("k", b"v")
+
+    # Assert
+    assert gcs_env.objects(gcs_bucket) == {"p/k": b"v"}
+
+
+# --- the Azure Blob store ------------------------------------------------------------------------
+
+
+@pytest.mark.cloud
+def test_azure_blobs_land_under_the_prefix(
+    azure_env: azurite_support.Azurite, azure_container: str
+) -> None:
+    from azure.storage.blob import ContainerClient
+
+    # Prepare
+    url = f"az://{azurite_support.ACCOUNT}/{azure_container}/grid1/alice"
+    store = open_store(url)
+
+    # Execute
+    store.put("models/1", b"bytes")
+    store.put("models/2", io.BytesIO(b"stream"))
+
+    # Assert
+    assert store.url == url
+    with ContainerClient.from_connection_string(
+        azure_env.connection_string, azure_container
+    ) as container:
+        blobs = {blob.name: blob.content_settings.content_type for blob in container.list_blobs()}
+    assert blobs == {
+        "grid1/alice/models/1": "application/octet-stream",
+        "grid1/alice/models/2": "application/octet-stream",
+    }
+
+
+@pytest.mark.cloud
+def test_azure_large_stream_is_one_commit_of_staged_blocks(
+    azure_env: azurite_support.Azurite, azure_container: str
+) -> None:
+    from azure.storage.blob import BlobClient
+
+    # Prepare
+    store = open_store(f"az://{azurite_support.ACCOUNT}/{azure_container}")
+    data = payload(10 * MB)
+
+    # Execute
+    written = store.put("datasets/big.bin", SocketLikeStream(data, max_read=MB))
+
+    # Assert
+    with BlobClient.from_connection_string(
+        azure_env.connection_string, azure_container, "datasets/big.bin"
+    ) as blob:
+        committed, uncommitted = blob.get_block_list("all")
+    assert written == len(data) and store.get("datasets/big.bin") == data
+    assert [block.size for block in committed] == [4 * MB, 4 * MB, 2 * MB]
+    assert uncommitted == []
+
+
+@pytest.mark.cloud
+def test_azure_signs_in_as_the_user_assigned_identity(
+    azure_env: azurite_support.Azurite, azure_container: str, imds: ImdsStub
+) -> None:
+    # Prepare
+    store = open_store(f"az://{azurite_support.ACCOUNT}/{azure_container}")
+    before = len(imds.requests)
+
+    # Execute
+    store.check()
+
+    # Assert: IMDS was asked for AZURE_CLIENT_ID's token (a VM with only user-assigned
+    # identities has no default one)
+    asked = imds.requests[before:]
+    assert asked and {r.query.get("client_id") for r in asked} == {AZURE_CLIENT_ID}
+
+
+@pytest.mark.cloud
+def test_azure_without_the_client_id_the_store_is_unavailable(
+    azure_env: azurite_support.Azurite,
+    azure_container: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Prepare: AZURE_CLIENT_ID unset, so IMDS is asked for a system-assigned identity the VM
+    # lacks; and no `az`, `azd` or `pwsh` to fall back on
+    monkeypatch.delenv("AZURE_CLIENT_ID")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = open_store(f"az://{azurite_support.ACCOUNT}/{azure_container}")
+
+    # Execute / Assert
+    with pytest.raises(StoreUnavailable) as caught:
+        store.check()
+    assert "ManagedIdentityCredential" in str(caught.value)
+
+
+@pytest.mark.cloud
+def test_azure_development_connection_string(
+    azure_env: azurite_support.Azurite, azure_container: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: Azurite's account key instead of an identity
+    monkeypatch.delenv("PYGRID_AZURE_BLOB_ENDPOINT_URL")
+    monkeypatch.delenv("AZURE_POD_IDENTITY_AUTHORITY_HOST")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azure_env.connection_string)
+
+    # Execute
+    store = open_store(f"az://{azurite_support.ACCOUNT}/{azure_container}")
+    store.put("k", b"v")
+
+    # Assert
+    assert store.get("k") == b"v"
+    with pytest.raises(ValueError, match="devstoreaccount1"):
+        open_store(f"az://otheraccount/{azure_container}")
+
+
+def test_azure_endpoint_defaults_to_the_public_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    pytest.importorskip("azure.storage.blob")
+    for name in ("PYGRID_AZURE_BLOB_ENDPOINT_URL", "AZURE_STORAGE_CONNECTION_STRING"):
+        monkeypatch.delenv(name, raising=False)
+
+    # Execute: nothing is requested yet
+    store = open_store("az://pygridalice1234/blobs/grid1")
+
+    # Assert
+    assert store.client.url == "https://pygridalice1234.blob.core.windows.net/blobs"  # type: ignore[attr-defined]
 
 
 def test_local_path_holds_the_blob_bytes(store: BlobStore) -> None:

@@ -93,3 +93,32 @@ def token_json(token: WorkerToken) -> dict[str, Any]:
         "last_seen": token.last_seen,
         "last_label": token.last_label,
     }
+
+
+def create_system_token(session: Session, name: str) -> tuple[WorkerToken, str]:
+    """A token the Node mints for itself (its cloud Workers'), with no user behind it.
+
+    Audited as the system; otherwise a token like any other (listed, revocable).
+    """
+    secret = secrets.token_urlsafe(32)
+    token = WorkerToken(name=name, secret_hash=_hash(secret), created_by=None, expires_at=None)
+    session.add(token)
+    session.flush()
+    audit.record(session, "worker_token.create", None, token_id=token.id, name=name)
+    session.commit()
+    return token, f"{PREFIX}{token.id}_{secret}"
+
+
+def live_tokens_named(session: Session, name: str) -> list[WorkerToken]:
+    """The unrevoked tokens called ``name``, oldest first."""
+    query = select(WorkerToken).where(WorkerToken.name == name, WorkerToken.revoked_at.is_(None))
+    return list(session.scalars(query.order_by(WorkerToken.id)))
+
+
+def revoke_as_system(session: Session, tokens: list[WorkerToken]) -> None:
+    """Revoke ``tokens`` on the Node's own behalf (audited as the system)."""
+    for token in tokens:
+        if token.revoked_at is None:
+            token.revoked_at = utcnow()
+            audit.record(session, "worker_token.revoke", None, token_id=token.id, name=token.name)
+    session.commit()

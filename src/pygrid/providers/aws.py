@@ -2,6 +2,8 @@
 
 A group id is the Auto Scaling group's name (the Terraform output ``worker_group``) or its ARN;
 instance ids are EC2 ids (``i-0123456789abcdef0``).
+
+`AWSSecretStore` keeps secrets in Secrets Manager, through the same boto3 session machinery.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pygrid.providers.base import (
     Instance,
     MissingCredentials,
     ProviderError,
+    SecretStore,
     check_desired,
+    check_secret_value,
     check_size,
 )
 
-__all__ = ["ENDPOINT_ENV", "EC2_STATES", "AWSProvider"]
+__all__ = ["ENDPOINT_ENV", "EC2_STATES", "AWSProvider", "AWSSecretStore"]
 
 #: Environment variable naming an AWS-compatible endpoint (moto, LocalStack) for EC2 and ASG.
 ENDPOINT_ENV = "PYGRID_AWS_ENDPOINT_URL"
@@ -64,6 +68,13 @@ _MISSING_REGION = (
 # Every AWS partition's region names look like this (us-east-1, us-gov-west-1, cn-north-1, ...).
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+# arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME-SUFFIX, or a plain secret name.
+_SECRET_ARN = re.compile(
+    r"^arn:[\w-]+:secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:[\w/+=.@-]+$"
+)
+_SECRET_NAME = re.compile(r"^[\w/+=.@-]{1,512}$")
+# Secrets Manager's answer for a secret that does not exist, or has no current version yet.
+_NO_SECRET_VALUE = "ResourceNotFoundException"
 _DESCRIBE_BATCH = 100
 _T = TypeVar("_T")
 
@@ -281,6 +292,84 @@ class AWSProvider(CloudProvider):
             raise
         reservations: list[Any] = response.get("Reservations", [])
         return reservations
+
+
+class AWSSecretStore(SecretStore):
+    """Secrets in AWS Secrets Manager; a secret is named by its ARN (or its name in the region).
+
+    `write` is ``PutSecretValue`` (a new ``AWSCURRENT`` version of a secret that must exist: the
+    Terraform module creates it); `read` is ``GetSecretValue``. The region comes from the ARN
+    when none is given, so a Worker needs nothing but the ARN and its instance role.
+
+    Parameters
+    ----------
+    region, endpoint_url, profile
+        As for `AWSProvider`; ``endpoint_url`` defaults to ``$PYGRID_AWS_ENDPOINT_URL``.
+    """
+
+    name = "aws"
+
+    def __init__(
+        self,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+    ) -> None:
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._profile = profile
+        self._providers: dict[str | None, AWSProvider] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AWSSecretStore(region={self._region!r})"
+
+    def close(self) -> None:
+        """Close the Secrets Manager clients."""
+        with self._lock:
+            providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            provider.close()
+
+    def _where(self, secret: str) -> tuple[AWSProvider, Any]:
+        """The session (for the ARN's region) and Secrets Manager client for ``secret``."""
+        text = secret if isinstance(secret, str) else ""
+        match = _SECRET_ARN.match(text)
+        if not match and not _SECRET_NAME.match(text):
+            raise ValueError(
+                f"invalid Secrets Manager secret {secret!r}: expected its ARN "
+                "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME) or its name"
+            )
+        region = self._region or (match["region"] if match else None)
+        with self._lock:
+            if region not in self._providers:
+                # The provider holds the session, its shared API models and its error mapping.
+                self._providers[region] = AWSProvider(region, self._endpoint_url, self._profile)
+            provider = self._providers[region]
+        return provider, provider._client("secretsmanager")
+
+    def read(self, secret: str) -> str | None:
+        """``GetSecretValue`` of the current version; None when there is none yet."""
+        provider, client = self._where(secret)
+        try:
+            response = provider._call(
+                f"read secret {secret!r}", lambda: client.get_secret_value(SecretId=secret)
+            )
+        except ProviderError as exc:
+            if _error_code(exc.__cause__) == _NO_SECRET_VALUE:
+                return None
+            raise
+        value = response.get("SecretString")
+        return str(value) if value is not None else None
+
+    def write(self, secret: str, value: str) -> None:
+        """``PutSecretValue``: a new current version of the existing secret."""
+        provider, client = self._where(secret)
+        check_secret_value(value)
+        provider._call(
+            f"write secret {secret!r}",
+            lambda: client.put_secret_value(SecretId=secret, SecretString=value),
+        )
 
 
 @functools.cache

@@ -5,6 +5,13 @@ Extra ``pygrid[azure]``. A group id is ``RESOURCE_GROUP/SCALE_SET`` or the scale
 (the Terraform ``id``). Instance ids are ARM ids of scale-set VMs (``.../virtualMachines/3``, as
 `AzureProvider.group_status` reports them) or of standalone VMs (the app VM), or the short form
 ``RESOURCE_GROUP/SCALE_SET/INSTANCE_ID``.
+
+`AzureSecretStore` keeps secrets in Key Vault, through azure-keyvault-secrets.
+
+Credentials: `default_credential`, i.e. ``DefaultAzureCredential``. On a VM with a
+*user-assigned* managed identity (the Terraform module gives the app VM and the Workers one each)
+``$AZURE_CLIENT_ID`` must hold that identity's client id: the module writes it into the VMs'
+environment files, and `default_credential` asks the instance metadata service for that identity.
 """
 
 from __future__ import annotations
@@ -25,12 +32,21 @@ from pygrid.providers.base import (
     Instance,
     MissingCredentials,
     ProviderError,
+    SecretStore,
     check_desired,
+    check_secret_value,
     check_size,
     read_bounds,
 )
 
-__all__ = ["ENDPOINT_ENV", "POWER_STATES", "AzureProvider", "StaticTokenCredential"]
+__all__ = [
+    "ENDPOINT_ENV",
+    "POWER_STATES",
+    "AzureProvider",
+    "AzureSecretStore",
+    "StaticTokenCredential",
+    "default_credential",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,6 +82,10 @@ _VM_ID = re.compile(_ARM + r"virtualMachines/(?P<vm>[^/]+)$", re.IGNORECASE)
 _SEGMENT = r"[A-Za-z0-9_.()-]{1,90}"
 _SHORT_GROUP = re.compile(rf"^(?P<rg>{_SEGMENT})/(?P<name>{_SEGMENT})$")
 _SHORT_SET_VM = re.compile(rf"^(?P<rg>{_SEGMENT})/(?P<name>{_SEGMENT})/(?P<instance>\d+)$")
+# https://VAULT.vault.azure.net/secrets/NAME (the Terraform versionless_id), any vault host.
+_SECRET_URL = re.compile(
+    r"^(?P<vault>https://[A-Za-z0-9.-]+(?::\d+)?)/secrets/(?P<name>[0-9A-Za-z-]{1,127})/?$"
+)
 _T = TypeVar("_T")
 
 
@@ -80,6 +100,20 @@ class StaticTokenCredential:
         from azure.core.credentials import AccessToken
 
         return AccessToken(self.token, int(time.time()) + 3600)
+
+
+def default_credential() -> Any:
+    """``DefaultAzureCredential`` for this machine, honouring ``$AZURE_CLIENT_ID``.
+
+    The environment's service principal, a workload identity, the VM's managed identity (the
+    user-assigned one whose client id ``$AZURE_CLIENT_ID`` holds, else the system-assigned one),
+    or ``az login``.
+    """
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(
+        managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID") or None
+    )
 
 
 class _Group(NamedTuple):
@@ -161,9 +195,7 @@ class AzureProvider(CloudProvider):
                 if self._stub:
                     self._credential = StaticTokenCredential()
                 else:
-                    from azure.identity import DefaultAzureCredential
-
-                    self._credential = DefaultAzureCredential()
+                    self._credential = default_credential()
             return self._credential
 
     def _scope(self) -> str:
@@ -352,6 +384,98 @@ class AzureProvider(CloudProvider):
         except self._errors.ResourceNotFoundError:
             return "terminated"
         return _state(_status_codes(view), None)
+
+
+class AzureSecretStore(SecretStore):
+    """Secrets in Azure Key Vault, named by their versionless URL (the Terraform output form).
+
+    ``https://VAULT.vault.azure.net/secrets/NAME``: `write` is ``set_secret`` (a new version; it
+    creates the secret on first write, since Terraform cannot create an empty one), `read` is
+    ``get_secret``. The module's vault holds this one secret; its access policies give the app
+    VM's identity Get and Set and the Workers' identity Get.
+
+    Parameters
+    ----------
+    credential : azure.core.credentials.TokenCredential, optional
+        Defaults to `default_credential` (a managed identity on the VMs).
+    **client_options
+        Passed to ``SecretClient`` (``connection_verify``, ``verify_challenge_resource``, ...).
+    """
+
+    name = "azure"
+
+    def __init__(self, credential: Any = None, **client_options: Any) -> None:
+        import azure.core.exceptions
+
+        self._errors = azure.core.exceptions
+        self._given_credential = credential
+        self._credential = credential
+        self._client_options = client_options
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the Key Vault clients (and a credential this store made)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+            credential, self._credential = self._credential, self._given_credential
+        for client in clients:
+            client.close()
+        if credential is not self._given_credential and hasattr(credential, "close"):
+            credential.close()
+
+    def _where(self, secret: str) -> tuple[Any, str]:
+        match = _SECRET_URL.match(secret if isinstance(secret, str) else "")
+        if not match:
+            raise ValueError(
+                f"invalid Key Vault secret {secret!r}: expected its versionless URL "
+                "https://VAULT.vault.azure.net/secrets/NAME"
+            )
+        vault = match["vault"].lower()
+        with self._lock:
+            if self._credential is None:
+                self._credential = default_credential()
+            if vault not in self._clients:
+                from azure.keyvault.secrets import SecretClient
+
+                self._clients[vault] = SecretClient(vault, self._credential, **self._client_options)
+            return self._clients[vault], match["name"]
+
+    def _call(self, what: str, call: Callable[[], _T]) -> _T:
+        errors = self._errors
+        try:
+            return call()
+        except errors.ResourceNotFoundError:
+            raise
+        except errors.ClientAuthenticationError as exc:
+            raise MissingCredentials(f"{_MISSING_CREDENTIALS} ({_first_line(exc)})") from exc
+        except errors.HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise MissingCredentials(
+                    f"Key Vault refused to {what}: {_first_line(exc)}; the identity needs an "
+                    "access policy on the vault (Get to read, Set to write)"
+                ) from exc
+            raise ProviderError(f"Key Vault refused to {what}: {_first_line(exc)}") from exc
+        except errors.AzureError as exc:
+            raise ProviderError(f"could not {what} on Azure: {_first_line(exc)}") from exc
+
+    def read(self, secret: str) -> str | None:
+        """``get_secret`` (the current version); None when there is no such secret yet."""
+        client, name = self._where(secret)
+        try:
+            found = self._call(f"read secret {secret!r}", lambda: client.get_secret(name))
+        except self._errors.ResourceNotFoundError:
+            return None
+        return str(found.value) if found.value is not None else None
+
+    def write(self, secret: str, value: str) -> None:
+        """``set_secret``: a new current version (the secret is created by the first one)."""
+        client, name = self._where(secret)
+        check_secret_value(value)
+        self._call(
+            f"write secret {secret!r}",
+            lambda: client.set_secret(name, value, content_type="text/plain"),
+        )
 
 
 def _status_codes(view: Any) -> list[str]:

@@ -21,10 +21,13 @@ __all__ = [
     "GroupNotFound",
     "GroupStatus",
     "Instance",
+    "MAX_SECRET_BYTES",
     "MissingCredentials",
     "ProviderError",
+    "SecretStore",
     "SizeOutOfBounds",
     "check_desired",
+    "check_secret_value",
     "check_size",
     "read_bounds",
 ]
@@ -37,6 +40,10 @@ STATES: Final = ("pending", "running", "stopping", "stopped", "terminated", "unk
 #: Tags (Azure) / labels (GCP) on the group that carry its bounds where the cloud's group has no
 #: native minimum and maximum; they mirror the Terraform inputs ``workers_min`` / ``workers_max``.
 BOUND_LABELS: Final = ("pygrid_workers_min", "pygrid_workers_max")
+
+#: Largest secret value a `SecretStore` takes, in UTF-8 bytes: Key Vault's limit (25 KiB), the
+#: smallest of the three clouds', so a value that fits one store fits them all.
+MAX_SECRET_BYTES: Final = 25 * 1024
 
 
 class ProviderError(Exception):
@@ -251,6 +258,75 @@ class CloudProvider(abc.ABC):
         Providers holding SDK clients MUST close them here. A provider is also a context manager
         that closes it on exit. The default has nothing to release.
         """
+        return
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def check_secret_value(value: object) -> str:
+    """Return ``value`` if a `SecretStore` may hold it, else raise `TypeError` / `ValueError`."""
+    if not isinstance(value, str):
+        raise TypeError(f"a secret value must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError("a secret value must not be empty")
+    if len(value.encode("utf-8")) > MAX_SECRET_BYTES:
+        raise ValueError(f"a secret value must not exceed {MAX_SECRET_BYTES} bytes")
+    return value
+
+
+class SecretStore(abc.ABC):
+    """A cloud's secret store (or a local folder), seen as named secrets with one current value.
+
+    The deployment uses it for one thing: the Node writes the token its cloud Workers present
+    (`pygrid.providers.worker_secret`), and each Worker reads it with its own instance identity.
+    The Terraform modules create the secret (AWS Secrets Manager, GCP Secret Manager) or a
+    Key Vault that holds only it (Azure), and grant the app VM read and write and the Workers
+    read on it alone. Implementations are registered by name in
+    ``pygrid.providers.SECRET_STORES`` and built by `pygrid.providers.get_secret_store`.
+
+    A secret is named as the Terraform module outputs it (an ARN, ``projects/P/secrets/S``, a
+    Key Vault secret URL; see each implementation). Every implementation MUST:
+
+    - import its cloud SDK lazily and not touch the network in ``__init__`` (as `CloudProvider`);
+    - raise `ValueError` for a secret name it cannot parse, before any request;
+    - raise `MissingCredentials` when credentials are missing or refused, and `ProviderError`
+      (chaining the SDK's error) for other failures of the cloud;
+    - be usable from several threads.
+
+    The local store (`pygrid.providers.local.LocalSecretStore`) is the reference implementation.
+    """
+
+    #: The name the store is registered under in ``pygrid.providers.SECRET_STORES``.
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def read(self, secret: str) -> str | None:
+        """Return the secret's current value, or None if it has none yet.
+
+        A secret that exists without a value (created empty by Terraform) and a secret that does
+        not exist at all both give None: a Worker waiting for its Node cannot tell them apart,
+        and need not.
+        """
+
+    @abc.abstractmethod
+    def write(self, secret: str, value: str) -> None:
+        """Make ``value`` the secret's current value (a new version where the cloud keeps them).
+
+        ``value`` is checked by `check_secret_value` before any request. Once ``write`` returns,
+        `read` (from any process with read access) returns ``value`` until the next write. MAY
+        create the secret where the store's permissions allow it; MUST raise `ProviderError` if
+        the secret does not exist and cannot be created.
+        """
+
+    def close(self) -> None:
+        """Release network connections; the store MUST NOT be used afterwards."""
         return
 
     def __enter__(self) -> Self:

@@ -7,6 +7,8 @@ of an instance), self links, or the short form ``ZONE/NAME`` in the provider's p
 
 GCE calls a stopped VM ``TERMINATED``: it is normalised to ``"stopped"``; ``"terminated"`` is a
 VM that no longer exists.
+
+`GCPSecretStore` keeps secrets in Secret Manager, through google-cloud-secret-manager.
 """
 
 from __future__ import annotations
@@ -26,17 +28,21 @@ from pygrid.providers.base import (
     Instance,
     MissingCredentials,
     ProviderError,
+    SecretStore,
     check_desired,
+    check_secret_value,
     check_size,
     read_bounds,
 )
 
-__all__ = ["ENDPOINT_ENV", "GCE_STATES", "GCPProvider"]
+__all__ = ["ENDPOINT_ENV", "GCE_STATES", "SECRETS_ENDPOINT_ENV", "GCPProvider", "GCPSecretStore"]
 
 _LOG = logging.getLogger(__name__)
 
 #: Environment variable naming a Compute Engine API endpoint (a local stub or emulator).
 ENDPOINT_ENV = "PYGRID_GCP_ENDPOINT_URL"
+#: Environment variable naming a Secret Manager API endpoint (a local stub).
+SECRETS_ENDPOINT_ENV = "PYGRID_GCP_SECRETS_ENDPOINT_URL"
 #: Compute Engine instance status -> normalised state.
 GCE_STATES = {
     "PENDING": "pending",
@@ -88,6 +94,9 @@ _INSTANCE_PATH = re.compile(
 )
 _SHORT_INSTANCE = re.compile(r"^(?P<zone>[a-z]+-[a-z]+\d+-[a-z])/(?P<name>[a-z][-a-z0-9]{0,62})$")
 _NAME = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_SECRET_PATH = re.compile(r"^projects/(?P<project>[^/]+)/secrets/(?P<secret>[\w-]{1,255})$")
+_SECRET_ID = re.compile(r"^[\w-]{1,255}$")
+_SECRET_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _T = TypeVar("_T")
 
 
@@ -366,6 +375,156 @@ class GCPProvider(CloudProvider):
         if not self.project:
             raise MissingCredentials(_MISSING_PROJECT)
         return self.project, match["zone"], match["name"]
+
+
+class GCPSecretStore(SecretStore):
+    """Secrets in GCP Secret Manager, named ``projects/P/secrets/S`` (the Terraform ``id``).
+
+    `write` adds a version (``secretVersionAdder`` is all it needs); `read` accesses
+    ``versions/latest``. Payloads carry a CRC32C both ways, so a corrupted value is an error,
+    never a wrong token. The secret must exist (the Terraform module creates it, empty).
+
+    Parameters
+    ----------
+    project : str, optional
+        Project of secrets named by their short id; defaults to ``$GOOGLE_CLOUD_PROJECT``.
+    endpoint_url : str, optional
+        The API root; defaults to ``$PYGRID_GCP_SECRETS_ENDPOINT_URL``, else Google's. A
+        plain-http endpoint (a local stub) gets anonymous credentials.
+    credentials : google.auth.credentials.Credentials, optional
+        Defaults to Application Default Credentials (on a VM: its service account).
+    timeout : float
+        Seconds to wait for one API call.
+    """
+
+    name = "gcp"
+
+    def __init__(
+        self,
+        project: str | None = None,
+        endpoint_url: str | None = None,
+        credentials: Any = None,
+        timeout: float = 30.0,
+    ) -> None:
+        # google-cloud-secret-manager is the `gcp` extra: imported only when the store is used.
+        import google.api_core.exceptions
+        import google.auth.exceptions
+
+        self._api_errors = google.api_core.exceptions
+        self._auth_errors = google.auth.exceptions
+        self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+        self.endpoint_url = endpoint_url or os.environ.get(SECRETS_ENDPOINT_ENV) or None
+        self.timeout = timeout
+        self._credentials = credentials
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"GCPSecretStore(project={self.project!r}, endpoint_url={self.endpoint_url!r})"
+
+    def close(self) -> None:
+        """Close the API client's HTTP session."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.transport.close()
+
+    def _secret(self, secret: str) -> str:
+        text = secret if isinstance(secret, str) else ""
+        if _SECRET_PATH.match(text):
+            return text
+        if not _SECRET_ID.match(text):
+            raise ValueError(
+                f"invalid Secret Manager secret {secret!r}: expected projects/PROJECT/secrets/ID "
+                "or an ID"
+            )
+        if not self.project:
+            raise MissingCredentials(_MISSING_PROJECT)
+        return f"projects/{self.project}/secrets/{text}"
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from google.api_core.client_options import ClientOptions
+                from google.cloud import secretmanager
+
+                credentials = self._credentials
+                stub = bool(self.endpoint_url and self.endpoint_url.startswith("http://"))
+                if credentials is None and stub:
+                    from google.auth.credentials import AnonymousCredentials
+
+                    credentials = AnonymousCredentials()
+                if credentials is None:
+                    import google.auth
+
+                    try:
+                        credentials, _ = google.auth.default(scopes=_SECRET_SCOPES)
+                    except self._auth_errors.DefaultCredentialsError as exc:
+                        raise MissingCredentials(_MISSING_CREDENTIALS) from exc
+                options = (
+                    ClientOptions(api_endpoint=self.endpoint_url) if self.endpoint_url else None
+                )
+                # REST, not gRPC: one small call at start-up; no channel to keep alive.
+                self._client = secretmanager.SecretManagerServiceClient(
+                    credentials=credentials, transport="rest", client_options=options
+                )
+            return self._client
+
+    def _call(self, what: str, call: Callable[[], _T]) -> _T:
+        api, auth = self._api_errors, self._auth_errors
+        try:
+            return call()
+        except api.NotFound:
+            raise
+        except (auth.DefaultCredentialsError, auth.RefreshError) as exc:
+            raise MissingCredentials(f"{_MISSING_CREDENTIALS} ({exc})") from exc
+        except (api.Unauthenticated, api.PermissionDenied) as exc:
+            raise MissingCredentials(f"Google Cloud refused to {what}: {exc.message}") from exc
+        except (api.GoogleAPIError, auth.GoogleAuthError, OSError) as exc:
+            raise ProviderError(f"could not {what} on Google Cloud: {exc}") from exc
+
+    def read(self, secret: str) -> str | None:
+        """``versions/latest:access``; None when the secret has no (enabled) version yet."""
+        name = self._secret(secret) + "/versions/latest"
+        client = self._get_client()
+        try:
+            response = self._call(
+                f"read secret {secret!r}",
+                lambda: client.access_secret_version(name=name, timeout=self.timeout),
+            )
+        except self._api_errors.NotFound:
+            return None
+        data = bytes(response.payload.data)
+        expected = response.payload.data_crc32c
+        if expected is not None and expected != _crc32c(data):
+            raise ProviderError(f"secret {secret!r} arrived corrupted (CRC32C mismatch)")
+        return data.decode("utf-8")
+
+    def write(self, secret: str, value: str) -> None:
+        """``addVersion`` with the value and its CRC32C."""
+        parent = self._secret(secret)
+        data = check_secret_value(value).encode("utf-8")
+        client = self._get_client()
+        what = f"write secret {secret!r}"
+        try:
+            self._call(
+                what,
+                lambda: client.add_secret_version(
+                    parent=parent,
+                    payload={"data": data, "data_crc32c": _crc32c(data)},
+                    timeout=self.timeout,
+                ),
+            )
+        except self._api_errors.NotFound as exc:
+            raise ProviderError(
+                f"could not {what}: no such secret (the Terraform module creates it)"
+            ) from exc
+
+
+def _crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    return int(google_crc32c.value(data))
 
 
 def _instance_path(url: str) -> str:

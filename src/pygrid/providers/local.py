@@ -3,6 +3,8 @@
 Each group lives in a folder ``<root>/<group>/`` holding ``state.json`` (bounds, desired size,
 command, members by PID and process start time), a ``lock`` file serialising changes across
 threads and processes, and one ``<instance id>.log`` per process with its output.
+
+The reference secret store, `LocalSecretStore`, keeps each secret in a 0600 file of a 0700 folder.
 """
 
 from __future__ import annotations
@@ -30,14 +32,18 @@ from pygrid.providers.base import (
     GroupStatus,
     Instance,
     ProviderError,
+    SecretStore,
     check_desired,
+    check_secret_value,
     check_size,
 )
 
-__all__ = ["DEFAULT_ROOT", "LocalProvider", "default_command"]
+__all__ = ["DEFAULT_ROOT", "LocalProvider", "LocalSecretStore", "default_command"]
 
 #: Where groups live unless the constructor is given another folder.
 DEFAULT_ROOT = "~/.pygrid/groups"
+# A local secret's name is a file name: no separators, no leading dot.
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # A group name is also a folder name: no separators, no leading dot.
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _STATE_VERSION = 1
@@ -317,6 +323,68 @@ class LocalProvider(CloudProvider):
                 # Also when the block failed half-way: it keeps the state consistent as it goes.
                 if folder.is_dir() and json.dumps(state, sort_keys=True) != before:
                     _write_json(folder / "state.json", state)
+
+
+class LocalSecretStore(SecretStore):
+    """Secrets as files ``<root>/<name>`` (0600, in a 0700 folder), replaced atomically.
+
+    For ``pygrid up`` and tests: a local Node and its local Workers share the folder.
+
+    Parameters
+    ----------
+    root : path, optional
+        The folder; defaults to ``$PYGRID_HOME/secrets`` (``~/.pygrid/secrets``).
+    """
+
+    name = "local"
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        if root is None:
+            from pygrid.config import pygrid_home
+
+            root = pygrid_home() / "secrets"
+        self.root = Path(root).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"LocalSecretStore(root={str(self.root)!r})"
+
+    def _path(self, secret: str) -> Path:
+        if not isinstance(secret, str) or not _SECRET_NAME.match(secret):
+            raise ValueError(
+                f"invalid local secret name {secret!r}: use 1-128 letters, digits, '_', '.', '-', "
+                "starting with a letter or digit"
+            )
+        return self.root / secret
+
+    def read(self, secret: str) -> str | None:
+        """The file's content, or None if there is no file."""
+        path = self._path(secret)
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProviderError(f"cannot read secret {secret!r} in {self.root}: {exc}") from exc
+
+    def write(self, secret: str, value: str) -> None:
+        """Replace the file atomically and durably (a reader sees the old or the new value)."""
+        path = self._path(secret)
+        check_secret_value(value)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=self.root, prefix=".secret-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as file:  # mkstemp: mode 0600
+                    file.write(value)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+        except OSError as exc:
+            raise ProviderError(f"cannot write secret {secret!r} in {self.root}: {exc}") from exc
 
 
 def _reap(pid: int) -> None:

@@ -136,6 +136,29 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def prefixed_key(prefix: str, key: str) -> str:
+    """``prefix + key`` for a cloud store, checked: a valid key within MAX_KEY_BYTES."""
+    name = prefix + validate_key(key)
+    if len(name.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidBlobKey(
+            f"invalid blob key {key!r}: longer than {MAX_KEY_BYTES} bytes with the store's "
+            f"prefix {prefix!r}"
+        )
+    return name
+
+
+def split_store_url(url: str, scheme: str, kind: str, usage: str) -> tuple[str, str]:
+    """(netloc, path) of a ``scheme://netloc/path`` store URL; ValueError naming ``usage``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != scheme or not parts.netloc:
+        raise ValueError(f"not {kind} URL (use {usage}): {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{kind} URL takes no query or fragment: {url!r}")
+    return parts.netloc, parts.path
+
+
 class BlobStore(abc.ABC):
     """A flat store of immutable-per-version byte blobs (models, diffs, datasets) under string keys.
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 from typing import Any, BinaryIO, cast
-from urllib.parse import urlsplit
 
 from pygrid.storage.base import (
-    MAX_KEY_BYTES,
     BlobNotFound,
     BlobStore,
     Data,
     InvalidBlobKey,
     StoreUnavailable,
     is_valid_key,
+    prefixed_key,
+    split_store_url,
     validate_key,
     validate_prefix,
 )
@@ -95,12 +95,8 @@ class S3BlobStore(BlobStore):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3BlobStore:
         """Open the store an ``s3://bucket/optional/prefix`` URL names."""
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise ValueError(f"not an S3 URL (use s3://bucket/optional/prefix): {url!r}")
-        if parts.query or parts.fragment:
-            raise ValueError(f"an S3 URL takes no query or fragment: {url!r}")
-        return cls(parts.netloc, parts.path, **options)
+        bucket, path = split_store_url(url, "s3", "an S3", "s3://bucket/optional/prefix")
+        return cls(bucket, path, **options)
 
     @property
     def url(self) -> str:
@@ -113,13 +109,7 @@ class S3BlobStore(BlobStore):
         return self._client
 
     def _object_key(self, key: str) -> str:
-        object_key = self.prefix + validate_key(key)
-        if len(object_key.encode("utf-8")) > MAX_KEY_BYTES:
-            raise InvalidBlobKey(
-                f"invalid blob key {key!r}: longer than {MAX_KEY_BYTES} bytes with the store's "
-                f"prefix {self.prefix!r}"
-            )
-        return object_key
+        return prefixed_key(self.prefix, key)
 
     def _is_missing(self, exc: Exception) -> bool:
         error = getattr(exc, "response", {}).get("Error", {})
