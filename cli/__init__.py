@@ -19,6 +19,8 @@ from pygrid.cli import (
     deploy,
     grid,
     job_requests,
+    network_tokens,
+    nodes,
     servers,
     worker_tokens,
 )
@@ -46,6 +48,8 @@ app.add_typer(datasets.app, name="dataset")
 app.add_typer(job_requests.app, name="requests")
 app.add_typer(budgets.app, name="budget")
 app.add_typer(worker_tokens.app, name="worker-token")
+app.add_typer(network_tokens.app, name="network-token")
+app.add_typer(nodes.app, name="nodes")
 app.command("audit")(audit.audit)
 
 

@@ -54,7 +54,9 @@ def up(
 ) -> None:
     """Start a local grid: a Network and Nodes as background processes under ~/.pygrid/local/.
 
-    With --workers N, each Node also gets N Workers, using a worker token made for them.
+    Each Node joins the Network with a join token made for it (passed in its environment) and
+    counts as up once the Network lists it online. With --workers N, each Node also gets N
+    Workers, using a worker token made for them.
     """
     from pygrid.localgrid import AlreadyUp, LocalGrid, LocalGridError
 
@@ -86,7 +88,10 @@ def up(
     nodes_count = sum(m.app == "node" for m in members)
     workers_count = sum(m.app == "worker" for m in members)
     with_workers = f" with {_plural(workers_count, 'Worker')}" if workers_count else ""
-    out.print(f"The local grid is up: a Network and {_plural(nodes_count, 'Node')}{with_workers}.")
+    out.print(
+        f"The local grid is up: a Network and {_plural(nodes_count, 'Node')}{with_workers}; "
+        "every Node is online in the Network."
+    )
     out.print(_members_table(members))
     _print_footer(out, grid)
 
@@ -114,7 +119,11 @@ def status(
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show the local grid's members and every cloud deployment, with their health."""
+    """Show the local grid's members and every cloud deployment, with their health.
+
+    For each Node, the "Network" column is what the local Network says of it: online, stale
+    (missed heartbeats), offline (left or silent), or not registered.
+    """
     from pygrid.cli.deploy import cloud_report, cloud_table
     from pygrid.localgrid import LocalGrid, LocalGridError
 
@@ -134,11 +143,18 @@ def status(
         return
     out.print(_health_table(report))
     healthy = sum(h.health == "healthy" for h in report)
+    nodes = [h for h in report if h.network_status is not None]
+    online = sum(h.network_status == "online" for h in nodes)
+    joined = (
+        f" {online} of {_plural(len(nodes), 'Node')} online in the Network."
+        if online < len(nodes)
+        else ""
+    )
     if healthy == len(report):
-        out.print(f"All {len(report)} members are healthy.")
+        out.print(f"All {len(report)} members are healthy.{joined}")
     else:
         out.print(
-            f"{healthy} of {len(report)} members are healthy; see their log files under "
+            f"{healthy} of {len(report)} members are healthy;{joined} see their log files under "
             f"{LocalGrid().logs_dir} (restart with: pygrid down && pygrid up)."
         )
 
@@ -166,7 +182,8 @@ def _progress() -> Iterator[Callable[[Member, Event], None]]:
                 if event == "started":
                     err.print(f"Started {member.name} (pid {member.pid}), {member.where}")
             elif event == "healthy":
-                err.print(f"{member.name} is healthy on {member.url}")
+                joined = ", online in the Network" if member.app == "node" else ""
+                err.print(f"{member.name} is healthy on {member.url}{joined}")
             else:
                 err.print(
                     f"Started {member.name} (pid {member.pid}); waiting for {member.url}/status"
@@ -188,8 +205,9 @@ def _progress() -> Iterator[Callable[[Member, Event], None]]:
                 waiting = f"waiting for {member.url}/status" if member.url else "starting"
                 tasks[member.name] = progress.add_task(f"{member.name}: {waiting}", total=1)
             else:
+                joined = ", online in the Network" if member.app == "node" else ""
                 progress.update(
-                    tasks[member.name], description=f"{member.name}: healthy", completed=1
+                    tasks[member.name], description=f"{member.name}: healthy{joined}", completed=1
                 )
 
         yield show
@@ -212,15 +230,18 @@ def _health_table(report: Sequence[Health]) -> Any:
     from rich.table import Table
 
     colours = {"healthy": "green", "unhealthy": "yellow", "down": "red"}
-    table = Table("name", "app", "URL", "PID", "health", "version", "uptime")
+    views = {"online": "green", "stale": "yellow", "offline": "red", "not registered": "red"}
+    table = Table("name", "app", "URL", "PID", "health", "Network", "version", "uptime")
     for item in report:
         member = item.member
+        view = item.network_status
         table.add_row(
             escape(member.name),
             member.app,
             member.url or "-",
             str(member.pid),
             f"[{colours[item.health]}]{item.health}[/]",
+            f"[{views[view]}]{view}[/]" if view in views else (view or "-"),
             item.version or "-",
             _duration(item.uptime_seconds),
         )

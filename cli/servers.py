@@ -155,8 +155,27 @@ def run_server(app: AppKind, values: dict[str, Any]) -> None:
             typer.echo(f"Created the Owner {email}{where}", err=True)
     prepared.engine.dispose()
     prepare_metrics_dir(settings)
+    _configure_logging()
     typer.echo(f"PyGrid {app} {settings.id!r} on http://{settings.host}:{settings.port}", err=True)
     serve(settings, _factory(app))
+
+
+def _configure_logging() -> None:
+    """PyGrid's own messages (joining the Network, requeued jobs) beside gunicorn's, on stderr."""
+    import logging
+
+    logger = logging.getLogger("pygrid")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S %z"
+        )
+    )
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _factory(app: AppKind) -> Any:
@@ -197,6 +216,41 @@ def node(
             "--network", envvar="NETWORK", help="URL of a Network to join.", show_default=False
         ),
     ] = None,
+    network_token: Annotated[
+        str | None,
+        typer.Option(
+            "--network-token",
+            "--network_token",
+            envvar="NETWORK_TOKEN",
+            help=(
+                "Join token from the Network's admin (pygrid network-token create), spent once; "
+                "the credential it buys is kept in <data-dir>/network.json. Prefer the "
+                "NETWORK_TOKEN variable: a command line is visible to every local user (ps)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            "--public_url",
+            envvar="PYGRID_PUBLIC_URL",
+            help="URL the Network and its clients reach this Node at (default: http://<host>:<port>).",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat_seconds: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-seconds",
+            "--heartbeat_seconds",
+            envvar="PYGRID_HEARTBEAT_SECONDS",
+            min=0.2,
+            max=3600,
+            help="Seconds between heartbeats to the Network.",
+        ),
+    ] = 10.0,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     blob_url: BlobUrl = None,
@@ -208,7 +262,13 @@ def node(
     The secret key comes from SECRET_KEY, else one is generated at first start and kept 0600 in
     the data dir. The Owner is created at first start from --owner-email and PYGRID_OWNER_PASSWORD
     (or a prompt; with no terminal, a generated password is written to the data dir).
+
+    With --network, the Node joins that Network with its join token, then sends it a heartbeat
+    with its public catalogue (dataset metadata, FL processes, load) every --heartbeat-seconds.
+    A restarted Node comes back with its saved credential and spends no token.
     """
+    if network_token and not network:
+        raise fail("a join token (--network-token / NETWORK_TOKEN) needs --network (NETWORK)")
     run_server(
         AppKind.node,
         {
@@ -217,6 +277,9 @@ def node(
             "num_replicas": num_replicas,
             "id": node_id,
             "network_url": network,
+            "network_token": network_token,
+            "public_url": public_url,
+            "heartbeat_seconds": heartbeat_seconds,
             "data_dir": data_dir,
             "threads": threads,
             "database_url": None if start_local_db else database_url,
@@ -245,6 +308,16 @@ def network(
     blob_url: BlobUrl = None,
     owner_email: OwnerEmail = None,
     threads: Threads = 8,
+    route_timeout: Annotated[
+        float,
+        typer.Option(
+            "--route-timeout",
+            envvar="PYGRID_ROUTE_TIMEOUT",
+            min=0.1,
+            max=3600,
+            help="Seconds a request routed to a Node (/nodes/<id>/...) may wait for its answer.",
+        ),
+    ] = 60.0,
 ) -> None:
     """Run a Network: the registry of Nodes, search and routing.
 
@@ -258,6 +331,7 @@ def network(
             "id": network_id,
             "data_dir": data_dir,
             "threads": threads,
+            "route_timeout": route_timeout,
             "database_url": None if start_local_db else database_url,
             "blob_url": blob_url,
             **_env_secrets(owner_email),

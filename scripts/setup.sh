@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by `scripts/up.sh` and `scripts/test.sh`.
 #
-# - installs the system packages the tests need (PostgreSQL), when missing and we may (root + apt);
+# - installs the system packages the tests need (PostgreSQL, Chromium for the dashboard tests),
+#   when missing and we may (root + apt);
 # - creates .venv with Python 3.11+;
 # - installs torch (pinned CPU build) first, then `pip install -e ".[dev,aws,gcp,azure]"`.
 #
@@ -38,10 +39,16 @@ quiet() {
 }
 
 have_initdb() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+# tests/browser drives Debian's chromium through Playwright (never `playwright install`).
+have_chromium() { [[ -x /usr/bin/chromium ]]; }
+# Azurite (the Azure Blob emulator the storage tests use) is an npm package.
+have_node() { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; }
 
 ensure_system_packages() {
     local missing=()
     have_initdb || missing+=(postgresql)
+    have_chromium || missing+=(chromium)
+    have_node || missing+=(nodejs npm)
     ((${#missing[@]})) || return 0
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         say "installing system packages: ${missing[*]} (apt-get)"
@@ -49,9 +56,11 @@ ensure_system_packages() {
         quiet apt-get update -q
         quiet apt-get install -y -q --no-install-recommends "${missing[@]}"
         have_initdb || die "postgresql is installed but no /usr/lib/postgresql/*/bin/initdb exists"
+        have_chromium || die "chromium is installed but /usr/bin/chromium does not exist"
+        have_node || die "nodejs and npm are installed but node or npm is not on PATH"
     else
-        say "warning: missing system packages: ${missing[*]}; the postgres tests skip locally" \
-            "(and fail under CI=true). Install with: sudo apt-get install ${missing[*]}"
+        say "warning: missing system packages: ${missing[*]}; the postgres and browser tests" \
+            "skip locally (and fail under CI=true). Install with: sudo apt-get install ${missing[*]}"
     fi
 }
 
@@ -118,8 +127,30 @@ ensure_checkov() {
     printf '%s\n' "$want" >"$tools/.stamp"
 }
 
+# --- Azurite -------------------------------------------------------------------------------------
+# The Azure Blob Storage emulator (npm) that tests/unit/test_storage.py runs the Azure blob store
+# against. It needs node; it lives in .tools/azurite (tests find it there, and skip without it).
+AZURITE_SPEC="azurite@3.37.0"
+ensure_azurite() {
+    local tools="$ROOT/.tools/azurite" want
+    want="$(printf '%s' "$AZURITE_SPEC" | sha256sum | cut -d' ' -f1)"
+    if [[ -x $tools/node_modules/.bin/azurite-blob && -f $tools/.stamp && $(<"$tools/.stamp") == "$want" ]]; then
+        return 0
+    fi
+    if ! have_node; then
+        say "warning: node/npm missing; the Azure Blob store tests skip." \
+            "Install with: sudo apt-get install nodejs npm"
+        return 0
+    fi
+    say "installing $AZURITE_SPEC into .tools/azurite (npm)"
+    mkdir -p "$tools"
+    quiet npm install --prefix "$tools" --no-audit --no-fund --no-save "$AZURITE_SPEC"
+    printf '%s\n' "$want" >"$tools/.stamp"
+}
+
 ensure_system_packages
 ensure_venv
 ensure_python_packages
 ensure_checkov
+ensure_azurite
 say "ready in $((SECONDS - START)) s"

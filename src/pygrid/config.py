@@ -43,6 +43,14 @@ class ServerSettings(BaseModel):
     blob_url: str | None = None
     secret_key: SecretStr | None = None
     network_url: str | None = None
+    # A Node's join token for network_url (docs/network.md); spent once, then network.json holds
+    # the credential the Network issued.
+    network_token: SecretStr | None = None
+    # The URL the Network and its clients reach this Node at; http://host:port when unset.
+    public_url: str | None = None
+    heartbeat_seconds: Annotated[float, Field(ge=0.2, le=3600)] = 10.0
+    # Network: how long a routed request may wait for the Node's answer.
+    route_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
     owner_email: str | None = None
     owner_password: SecretStr | None = None
     max_content_length: Annotated[int, Field(ge=1024)] = 64 * MIB
@@ -57,8 +65,11 @@ class ServerSettings(BaseModel):
     worker_group: Annotated[str, Field(min_length=1, max_length=300)] | None = None
     jobs_per_worker: Annotated[int, Field(ge=1, le=10_000)] = 2
     autoscale_cooldown: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    # In a cloud deployment: the secret (ARN, Secret Manager id, Key Vault secret URL) where the
+    # Node publishes the token its cloud Workers read (pygrid.providers.worker_secret).
+    worker_token_secret: Annotated[str, Field(min_length=1, max_length=500)] | None = None
 
-    @field_validator("network_url")
+    @field_validator("network_url", "public_url")
     @classmethod
     def _network_url_is_http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -85,6 +96,16 @@ class ServerSettings(BaseModel):
         return self.blob_url or str(self.data_dir / "blobs")
 
     @property
+    def resolved_public_url(self) -> str:
+        """Where others reach this server: public_url, else http://host:port (0.0.0.0 -> local)."""
+        if self.public_url:
+            return self.public_url
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)  # noqa: S104
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
     def issuer(self) -> str:
         """The JWT issuer this server signs as and accepts."""
         return f"pygrid:{self.app}:{self.id}"
@@ -103,6 +124,7 @@ class ServerSettings(BaseModel):
             "database_url": mask_database_url(self.resolved_database_url),
             "blob_url": self.resolved_blob_url,
             "network_url": self.network_url,
+            "public_url": self.resolved_public_url,
         }
 
 
@@ -114,11 +136,16 @@ ENV_VARS: dict[AppKind, dict[str, str]] = {
         "id": "NODE_ID",
         "num_replicas": "NUM_REPLICAS",
         "network_url": "NETWORK",
+        "network_token": "NETWORK_TOKEN",
+        "public_url": "PYGRID_PUBLIC_URL",
+        "heartbeat_seconds": "PYGRID_HEARTBEAT_SECONDS",
     },
     AppKind.network: {
         "port": "GRID_NETWORK_PORT",
         "host": "GRID_NETWORK_HOST",
         "id": "NETWORK_ID",
+        "public_url": "PYGRID_PUBLIC_URL",
+        "route_timeout": "PYGRID_ROUTE_TIMEOUT",
     },
 }
 COMMON_ENV_VARS = {
@@ -136,6 +163,7 @@ COMMON_ENV_VARS = {
     "worker_group": "PYGRID_WORKER_GROUP",
     "jobs_per_worker": "PYGRID_JOBS_PER_WORKER",
     "autoscale_cooldown": "PYGRID_AUTOSCALE_COOLDOWN",
+    "worker_token_secret": "PYGRID_WORKER_TOKEN_SECRET",
 }
 DEFAULT_IDS = {AppKind.node: "default", AppKind.network: "network"}
 

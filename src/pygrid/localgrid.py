@@ -5,6 +5,8 @@ Everything lives under ``<pygrid home>/local/``: ``grid.json`` (which processes 
 grid), ``credentials.json`` (the Owner of every member, mode 0600), ``logs/<name>.log`` and
 ``data/<name>/``. ``up --workers N`` adds N Workers per Node (``pygrid worker``): members with no
 port, healthy while their process runs, each holding its Node's worker token in its environment.
+Each Node joins the local Network with a join token ``up`` makes for it (docs/network.md), and
+counts as started only once the Network lists it online.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ _SHARED_ENV = (
     "PYGRID_DATA_DIR",
     "SECRET_KEY",
     "PROMETHEUS_MULTIPROC_DIR",
+    # ... or claim one URL to the Network, or join another Network with someone else's token.
+    "PYGRID_PUBLIC_URL",
+    "NETWORK",
+    "NETWORK_TOKEN",
 )
 # A Worker gets its own token and nothing of the Owner's.
 _NOT_FOR_WORKERS = (
@@ -64,6 +70,9 @@ _NOT_FOR_WORKERS = (
 )
 
 HealthState = Literal["healthy", "unhealthy", "down"]
+# A Node as the local Network sees it: a status of docs/network.md, "not registered" when the
+# Network does not list it, "unknown" when the Network does not answer.
+NetworkView = Literal["online", "stale", "offline", "not registered", "unknown"]
 Event = Literal["started", "healthy"]
 
 
@@ -169,6 +178,8 @@ class Health:
     health: HealthState
     version: str | None = None
     uptime_seconds: float | None = None
+    # For a Node: what the local Network says of it; None for the Network and Workers.
+    network_status: NetworkView | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of ``pygrid status --format json``."""
@@ -181,6 +192,7 @@ class Health:
             "health": self.health,
             "version": self.version,
             "uptime_seconds": self.uptime_seconds,
+            "network_status": self.network_status,
         }
 
 
@@ -190,6 +202,8 @@ class _Started:
     popen: subprocess.Popen[bytes]
     log_offset: int
     answered: bool = False
+    # A Node is up once the Network lists it online, not merely once it answers /status.
+    in_network: bool = False
 
 
 class LocalGrid:
@@ -296,12 +310,22 @@ class LocalGrid:
         return [m for m in self.members() if m.alive]
 
     def health(self) -> list[Health]:
-        """Each recorded member: is its process alive, and does ``GET /status`` answer 200."""
+        """Each recorded member: is its process alive, does ``GET /status`` answer 200, and for
+        a Node, what the local Network says of it."""
         members = self.members()
         if not members:
             return []
-        with ThreadPoolExecutor(max_workers=len(members)) as pool:
-            return list(pool.map(_health, members))
+        network = next((m for m in members if m.app == AppKind.network), None)
+        with ThreadPoolExecutor(max_workers=len(members) + 1) as pool:
+            registry = pool.submit(_registry_or_none, network)
+            report = list(pool.map(_health, members))
+            statuses = registry.result()
+        return [
+            replace(h, network_status=_network_view(statuses, h.member.name))
+            if h.member.app == AppKind.node
+            else h
+            for h in report
+        ]
 
     # -- up ---------------------------------------------------------------------------------
 
@@ -423,11 +447,14 @@ class LocalGrid:
             self._save([s.member for s in started])
             on_event(started[-1].member, "started")
             self._wait(started, deadline, timeout, on_event)
+            join_tokens = _join_tokens(network, nodes, email, password)
             for node in nodes:
-                started.append(self._spawn(node, ["--network", str(network.url)], env))
+                # In the environment, not argv: `ps` shows every command line to every user.
+                node_env = env | {"NETWORK_TOKEN": join_tokens[node.name]}
+                started.append(self._spawn(node, ["--network", str(network.url)], node_env))
                 self._save([s.member for s in started])
                 on_event(started[-1].member, "started")
-            self._wait(started, deadline, timeout, on_event)
+            self._wait(started, deadline, timeout, on_event, network)
             # Workers need a token, and a token needs a Node that answers.
             worker_env = {k: v for k, v in env.items() if k not in _NOT_FOR_WORKERS}
             tokens = {n.name: _worker_token(n, email, password) for n in nodes} if workers else {}
@@ -439,7 +466,7 @@ class LocalGrid:
                 started.append(self._spawn(worker, extra, token_env))
                 self._save([s.member for s in started])
                 on_event(started[-1].member, "started")
-            self._wait(started, deadline, timeout, on_event)
+            self._wait(started, deadline, timeout, on_event, network)
         except BaseException:
             self._abort(started)
             raise
@@ -490,9 +517,20 @@ class LocalGrid:
         deadline: float,
         timeout: float,
         on_event: Callable[[Member, Event], None],
+        network: Member | None = None,
     ) -> None:
+        """Until every started member answers (and every Node is online in ``network``)."""
         with _http() as session:
             while True:
+                joining = [
+                    s for s in started if s.answered and not s.in_network and _joins(s, network)
+                ]
+                if joining and network is not None:
+                    statuses = _registry(session, network) or {}
+                    for entry in joining:
+                        if statuses.get(entry.member.name) == "online":
+                            entry.in_network = True
+                            on_event(entry.member, "healthy")
                 pending = [s for s in started if not s.answered]
                 for entry in pending:
                     code = entry.popen.poll()
@@ -506,16 +544,12 @@ class LocalGrid:
                     # A Worker serves no URL: it is healthy while its process runs.
                     if entry.member.url is None or _answers(session, entry.member, timeout=2.0):
                         entry.answered = True
-                        on_event(entry.member, "healthy")
-                if all(s.answered for s in started):
+                        if not _joins(entry, network):
+                            on_event(entry.member, "healthy")
+                if all(s.answered and (s.in_network or not _joins(s, network)) for s in started):
                     return
                 if time.monotonic() > deadline:
-                    late = next(s for s in started if not s.answered)
-                    raise LocalGridError(
-                        f"{late.member.name} did not answer {late.member.url}/status within "
-                        f"{timeout:g} s; its log is {late.member.log}",
-                        _tail(late.member.log, late.log_offset),
-                    )
+                    raise _late(started, network, timeout)
                 time.sleep(POLL_INTERVAL)
 
     def _abort(self, started: list[_Started]) -> None:
@@ -563,6 +597,24 @@ class LocalGrid:
 
 def _ignore(member: Member, event: Event) -> None:
     """The default ``on_event``."""
+
+
+def _joins(entry: _Started, network: Member | None) -> bool:
+    """Whether ``entry`` is a Node that must show online in ``network`` to count as started."""
+    return network is not None and entry.member.app == AppKind.node
+
+
+def _late(started: Sequence[_Started], network: Member | None, timeout: float) -> LocalGridError:
+    late = next(s for s in started if not s.answered or (_joins(s, network) and not s.in_network))
+    member = late.member
+    if late.answered and network is not None:
+        what = f"did not show online in the Network at {network.url}"
+    else:
+        what = f"did not answer {member.url}/status"
+    return LocalGridError(
+        f"{member.name} {what} within {timeout:g} s; its log is {member.log}",
+        _tail(member.log, late.log_offset),
+    )
 
 
 def _reason(exc: OSError) -> str:
@@ -644,6 +696,84 @@ def _health(member: Member) -> Health:
         version=body.get("version"),
         uptime_seconds=float(uptime) if isinstance(uptime, int | float) else None,
     )
+
+
+def _registry(session: requests.Session, network: Member) -> dict[str, str] | None:
+    """``{node id: status}`` from the Network's ``GET /registry/nodes``; None if it does not answer."""
+    try:
+        response = session.get(f"{network.url}/registry/nodes", timeout=(0.5, 2.0))
+        response.raise_for_status()
+        return {str(n["id"]): str(n["status"]) for n in response.json()["nodes"]}
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return None
+
+
+def _registry_or_none(network: Member | None) -> dict[str, str] | None:
+    if network is None or not network.alive:
+        return None
+    with _http() as session:
+        return _registry(session, network)
+
+
+def _network_view(statuses: dict[str, str] | None, node: str) -> NetworkView:
+    if statuses is None:
+        return "unknown"
+    found = statuses.get(node)
+    if found in ("online", "stale", "offline"):
+        return found  # type: ignore[return-value]
+    return "not registered"
+
+
+def _join_tokens(
+    network: Member, nodes: Sequence[Member], email: str, password: str
+) -> dict[str, str]:
+    """A new join token (1 use) on the local Network for each Node, named ``local-<node>``.
+
+    The previous ``up``'s tokens of that name are revoked: a Node that kept its credential did
+    not need its token, and a token nobody uses should not stay valid. A Node the Network still
+    lists but whose data dir lost its credential could never heartbeat again: it is removed, so
+    that it can join afresh under its own name.
+    """
+    from pygrid.network.membership import CREDENTIALS_FILE, CredentialStore
+
+    base = f"{network.url}/registry"
+    names = {f"local-{n.name}" for n in nodes}
+    try:
+        with _http() as session:
+            login = session.post(
+                f"{network.url}/users/login",
+                json={"email": email, "password": password},
+                timeout=(0.5, 30),
+            )
+            login.raise_for_status()
+            session.headers["Authorization"] = f"Bearer {login.json()['token']}"
+            listed = session.get(f"{base}/join-tokens", timeout=(0.5, 30))
+            listed.raise_for_status()
+            for old in listed.json()["tokens"]:
+                if old["name"] in names and not old.get("revoked"):
+                    revoked = session.delete(
+                        f"{base}/join-tokens/{int(old['id'])}", timeout=(0.5, 30)
+                    )
+                    revoked.raise_for_status()
+            registered = _registry(session, network) or {}
+            for node in nodes:
+                saved = CredentialStore(node.data_dir / CREDENTIALS_FILE)
+                if node.name in registered and not saved.credential(str(network.url), node.name):
+                    removed = session.delete(f"{base}/nodes/{node.name}", timeout=(0.5, 30))
+                    if removed.status_code != 404:
+                        removed.raise_for_status()
+            made = {}
+            for node in nodes:
+                created = session.post(
+                    f"{base}/join-tokens",
+                    json={"name": f"local-{node.name}", "uses": 1},
+                    timeout=(0.5, 30),
+                )
+                created.raise_for_status()
+                made[node.name] = str(created.json()["token"])
+            return made
+    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+        raise LocalGridError(f"cannot create join tokens on the Network: {exc}") from None
 
 
 def _worker_token(node: Member, email: str, password: str) -> str:

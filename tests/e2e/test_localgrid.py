@@ -202,6 +202,62 @@ def test_status_json_shows_three_healthy_members(running_grid: Grid) -> None:
         assert member["health"] == "healthy"
         assert member["version"]
         assert member["uptime_seconds"] >= 0
+        expected = "online" if member["app"] == "node" else None
+        assert member["network_status"] == expected, member
+
+
+def _registry(grid: Grid) -> dict[str, dict[str, Any]]:
+    with _http() as http:
+        response = http.get(f"http://127.0.0.1:{grid.network_port}/registry/nodes", timeout=10)
+    assert response.status_code == 200, response.text
+    return {node["id"]: node for node in response.json()["nodes"]}
+
+
+def _owner_session(grid: Grid) -> requests.Session:
+    credentials = json.loads((grid.local / "credentials.json").read_text())
+    http = _http()
+    login = http.post(
+        f"http://127.0.0.1:{grid.network_port}/users/login",
+        json={"email": credentials["email"], "password": credentials["password"]},
+        timeout=10,
+    )
+    assert login.status_code == 200, login.text
+    http.headers["Authorization"] = f"Bearer {login.json()['token']}"
+    return http
+
+
+def test_every_node_is_online_in_the_network_after_up(running_grid: Grid) -> None:
+    nodes = _registry(running_grid)
+
+    assert sorted(nodes) == sorted(NODES)
+    for member in running_grid.members():
+        if member["app"] == "node":
+            assert nodes[member["name"]]["status"] == "online"
+            assert nodes[member["name"]]["url"] == member["url"]
+            assert (running_grid.local / "data" / member["name"] / "network.json").exists()
+
+
+def test_join_tokens_reach_the_nodes_in_their_environment_not_their_command_line(
+    running_grid: Grid,
+) -> None:
+    for member in running_grid.members():
+        proc = psutil.Process(member["pid"])
+        assert not any("pgj_" in part for part in proc.cmdline())
+        token = proc.environ().get("NETWORK_TOKEN")
+        if member["app"] == "node":
+            assert token and token.startswith("pgj_")
+        else:
+            assert token is None
+
+
+def test_status_table_shows_each_node_online_in_the_network(running_grid: Grid) -> None:
+    result = running_grid.pygrid("status")
+
+    assert result.returncode == 0, result.stderr
+    assert "Network" in result.stdout
+    for line in result.stdout.splitlines():
+        if any(f" {name} " in f" {line} " for name in NODES):
+            assert "online" in line, line
 
 
 def test_second_up_says_already_up_and_changes_nothing(running_grid: Grid) -> None:
@@ -237,6 +293,30 @@ def test_down_stops_exactly_the_grid_processes(new_grid: Grid) -> None:
     assert json.loads(status.stdout) == {"local": [], "cloud": []}
     assert "No local grid is running" in new_grid.pygrid("status").stdout
     assert "No local grid is running" in new_grid.pygrid("down").stdout
+
+
+def test_a_second_up_brings_the_nodes_back_with_their_saved_credentials(new_grid: Grid) -> None:
+    assert new_grid.start().returncode == 0
+    assert new_grid.pygrid("down").returncode == 0
+    # bob lost his credential: the Network still lists him, so `up` frees his id to join again.
+    (new_grid.local / "data" / "bob" / "network.json").unlink()
+
+    again = new_grid.start()
+
+    assert again.returncode == 0, again.stderr
+    assert all(node["status"] == "online" for node in _registry(new_grid).values())
+    with _owner_session(new_grid) as http:
+        listed = http.get(
+            f"http://127.0.0.1:{new_grid.network_port}/registry/join-tokens", timeout=10
+        )
+    tokens = sorted(listed.json()["tokens"], key=lambda t: t["id"])
+
+    def history(node: str) -> list[tuple[bool, int]]:
+        return [(t["revoked"], t["uses_left"]) for t in tokens if t["name"] == f"local-{node}"]
+
+    # The first up's tokens were spent and are now revoked; alice did not need her second.
+    assert history("alice") == [(True, 0), (False, 1)]
+    assert history("bob") == [(True, 0), (False, 0)]
 
 
 def test_up_refuses_a_port_in_use_and_starts_nothing(new_grid: Grid) -> None:

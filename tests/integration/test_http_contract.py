@@ -95,7 +95,12 @@ def test_openapi_is_valid_and_covers_every_route(app: Any, client: Any) -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<int:", "{").replace(">", "}").replace("<", "{")
+        path = (
+            rule.rule.replace("<int:", "{")
+            .replace("<path:", "{")
+            .replace(">", "}")
+            .replace("<", "{")
+        )
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
             assert (path, method) in documented
     create = spec["paths"]["/users"]["post"]

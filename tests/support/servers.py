@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -104,3 +107,29 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group (no goodbye, as a crash or the OOM killer would) and reap it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], T | None],
+    timeout: float = 60,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``,
+    with ``explain()`` (a server's log, say) in the message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            context = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{context}")
+        time.sleep(0.1)

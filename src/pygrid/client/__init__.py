@@ -2,8 +2,9 @@
 
 ``ModelCentricFLClient`` hosts FL processes and retrieves their models; ``FLClient`` is the
 device side that trains with a downloaded plan; ``DataCentricClient`` works with datasets that
-stay on a Node (search, mock samples, reviewed jobs, budgets). Imports are lazy so
-``import pygrid.client`` does not pull torch until a client needs it.
+stay on a Node (search, mock samples, reviewed jobs, budgets); ``NetworkClient`` searches a
+Network. Each Node client takes ``node_id=`` to reach its Node through a Network. Imports are
+lazy so ``import pygrid.client`` does not pull torch until a client needs it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
     from pygrid.client.data_centric import DataCentricClient, JobFailed
     from pygrid.client.device import FLClient, FLJob
     from pygrid.client.http import GridError
-    from pygrid.client.model_centric import ModelCentricFLClient
+    from pygrid.client.model_centric import ModelCentricClient, ModelCentricFLClient
+    from pygrid.client.network import NetworkClient, SearchHit
 
 __all__ = [
     "DataCentricClient",
@@ -22,7 +24,10 @@ __all__ = [
     "FLJob",
     "GridError",
     "JobFailed",
+    "ModelCentricClient",
     "ModelCentricFLClient",
+    "NetworkClient",
+    "SearchHit",
 ]
 
 _LAZY = {
@@ -31,7 +36,10 @@ _LAZY = {
     "FLClient": "pygrid.client.device",
     "FLJob": "pygrid.client.device",
     "GridError": "pygrid.client.http",
+    "ModelCentricClient": "pygrid.client.model_centric",
     "ModelCentricFLClient": "pygrid.client.model_centric",
+    "NetworkClient": "pygrid.client.network",
+    "SearchHit": "pygrid.client.network",
 }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pygrid.client.http import GridError, HttpClient
+from pygrid.client.http import GridError, HttpClient, base_url
 
 if TYPE_CHECKING:
     import torch
@@ -72,14 +72,26 @@ def _sniff_format(data: bytes) -> str:
 
 
 class DataCentricClient:
-    """Datasets, jobs, reviews, budgets, worker tokens and the audit log of one Node."""
+    """Datasets, jobs, reviews, budgets, worker tokens and the audit log of one Node.
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 60) -> None:
-        self.http = HttpClient(url, token, timeout)
+    With ``node_id``, ``url`` is a Network and every request goes through its route to that
+    Node (``<url>/nodes/<node_id>/...``); the Node still checks the token.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 60,
+        *,
+        node_id: str | None = None,
+    ) -> None:
+        self.http = HttpClient(base_url(url, node_id), token, timeout)
+        self.node_id = node_id
 
     @property
     def url(self) -> str:
-        """The Node's base URL."""
+        """The Node's base URL (its route on the Network when a node_id was given)."""
         return self.http.url
 
     def __enter__(self) -> DataCentricClient:

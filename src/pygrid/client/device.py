@@ -17,7 +17,7 @@ import torch
 
 from pygrid import plans as plan_tools
 from pygrid import serde
-from pygrid.client.http import GridError, HttpClient
+from pygrid.client.http import GridError, HttpClient, base_url
 
 Handler = Callable[..., None]
 MAX_DOWNLOAD_BYTES = 1 << 31
@@ -36,11 +36,20 @@ class CycleOutcome:
 
 
 class FLClient:
-    """A device's connection to one Node."""
+    """A device's connection to one Node; with ``node_id``, ``url`` is a Network and every
+    request goes through its route to that Node."""
 
-    def __init__(self, url: str, auth_token: str | None = None, timeout: float = 120) -> None:
-        self.http = HttpClient(url, timeout=timeout)
+    def __init__(
+        self,
+        url: str,
+        auth_token: str | None = None,
+        timeout: float = 120,
+        *,
+        node_id: str | None = None,
+    ) -> None:
+        self.http = HttpClient(base_url(url, node_id), timeout=timeout)
         self.auth_token = auth_token
+        self.node_id = node_id
 
     def new_job(self, model_name: str, version: str | None = None) -> FLJob:
         """A job that trains ``model_name`` (its newest version if none is given)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -16,6 +16,17 @@ class GridError(Exception):
         self.status = status
         self.message = message
         self.detail = detail
+
+
+def base_url(url: str, node_id: str | None = None) -> str:
+    """``url`` itself; with ``node_id``, ``url`` is a Network and this is its route to that
+    Node, ``<url>/nodes/<node_id>``, under which every Node path works unchanged."""
+    url = url.rstrip("/")
+    if node_id is None:
+        return url
+    if not node_id or not isinstance(node_id, str):
+        raise ValueError(f"node_id must be a non-empty string, not {node_id!r}")
+    return f"{url}/nodes/{quote(node_id, safe='')}"
 
 
 class HttpClient:
@@ -39,12 +50,11 @@ class HttpClient:
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Send a request; GridError for a refusal or an unreachable server."""
         headers = kwargs.pop("headers", {})
+        kwargs.setdefault("timeout", self.timeout)
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            response = self.session.request(
-                method, f"{self.url}{path}", headers=headers, timeout=self.timeout, **kwargs
-            )
+            response = self.session.request(method, f"{self.url}{path}", headers=headers, **kwargs)
         except requests.RequestException as exc:
             raise GridError(None, f"cannot reach {self.url}: {exc.__class__.__name__}") from exc
         if response.status_code == 401 and self._credentials and path != "/users/login":
@@ -53,9 +63,7 @@ class HttpClient:
             headers["Authorization"] = f"Bearer {self.token}"
             for upload in (kwargs.get("files") or {}).values():
                 upload[1].seek(0)  # the first attempt consumed the file objects
-            response = self.session.request(
-                method, f"{self.url}{path}", headers=headers, timeout=self.timeout, **kwargs
-            )
+            response = self.session.request(method, f"{self.url}{path}", headers=headers, **kwargs)
         if response.status_code >= 400:
             try:
                 body = response.json()

@@ -10,7 +10,7 @@ import torch
 
 from pygrid import plans as plan_tools
 from pygrid import serde
-from pygrid.client.http import HttpClient
+from pygrid.client.http import HttpClient, base_url
 
 ModelLike = torch.nn.Module | dict[str, torch.Tensor]
 
@@ -23,10 +23,22 @@ def parameters_of(model: ModelLike) -> dict[str, torch.Tensor]:
 
 
 class ModelCentricFLClient:
-    """Host FL processes on a Node, follow their cycles, and retrieve checkpoints."""
+    """Host FL processes on a Node, follow their cycles, and retrieve checkpoints.
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 120) -> None:
-        self.http = HttpClient(url, token, timeout)
+    With ``node_id``, ``url`` is a Network and every request goes through its route to that
+    Node (``<url>/nodes/<node_id>/...``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 120,
+        *,
+        node_id: str | None = None,
+    ) -> None:
+        self.http = HttpClient(base_url(url, node_id), token, timeout)
+        self.node_id = node_id
 
     def login(self, email: str, password: str) -> None:
         """Log in as a user with the host_processes permission."""
@@ -85,3 +97,7 @@ class ModelCentricFLClient:
             params={"name": name, "version": version, "checkpoint": str(checkpoint)},
         )
         return serde.load(response.content, max_bytes=len(response.content))
+
+
+#: The name docs/network.md uses.
+ModelCentricClient = ModelCentricFLClient

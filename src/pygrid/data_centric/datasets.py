@@ -208,17 +208,18 @@ def delete_dataset(session: Session, store: BlobStore, who: User, dataset_id: in
             store.delete(key)
 
 
+def matches(dataset: Dataset, tags: Iterable[str], q: str | None) -> bool:
+    """Whether ``dataset`` carries every tag in ``tags`` and its text contains ``q``."""
+    if not set(tags) <= set(dataset.tags):
+        return False
+    needle = (q or "").strip().lower()
+    text = " ".join([dataset.name, dataset.description, *dataset.tags]).lower()
+    return not needle or needle in text
+
+
 def search(session: Session, who: User, tags: list[str], q: str | None) -> list[Dataset]:
     """Datasets carrying every tag in ``tags`` whose name, description or tags contain ``q``."""
-    needle = (q or "").strip().lower()
-    found = []
-    for dataset in list_datasets(session):
-        if not set(tags) <= set(dataset.tags):
-            continue
-        text = " ".join([dataset.name, dataset.description, *dataset.tags]).lower()
-        if needle and needle not in text:
-            continue
-        found.append(dataset)
+    found = [d for d in list_datasets(session) if matches(d, tags, q)]
     audit.record(session, "dataset.search", who, tags=tags, q=q, results=[d.id for d in found])
     session.commit()
     return found

@@ -14,6 +14,7 @@ import math
 import struct
 import zipfile
 from collections.abc import Mapping
+from typing import IO
 
 import numpy as np
 
@@ -114,9 +115,7 @@ def _check_npz_sizes(data: bytes, max_bytes: int) -> None:
         raise DatasetError(f"not a valid NPZ file: {exc}") from None
 
 
-def _check_npy_header(
-    handle: io.BufferedIOBase | zipfile.ZipExtFile, member: zipfile.ZipInfo
-) -> None:
+def _check_npy_header(handle: IO[bytes], member: zipfile.ZipInfo) -> None:
     from numpy.lib import format as npy
 
     if handle.read(6) != b"\x93NUMPY":

@@ -295,3 +295,39 @@ class AuditEvent(Base):
     dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     detail: Mapped[dict] = mapped_column(JSON)
+
+
+class JoinToken(Base):
+    """A Network admin's invitation for Nodes to join; only a hash of the secret is kept."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    # spent by a compare-and-set UPDATE, so two Nodes racing for the last use cannot both join
+    uses_left: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class GridNode(Base):
+    """A Node registered with this Network: where it is, when it was last heard of, what it
+    publishes. Its status is computed from ``last_seen`` when read, never stored."""
+
+    __tablename__ = "grid_nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # sha256 of the pgn_ credential the Network issued at join
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(500))
+    heartbeat_seconds: Mapped[float] = mapped_column(Float)
+    # datasets, processes and load as the Node last published them (never rows)
+    catalogue: Mapped[dict] = mapped_column(JSON)
+    join_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

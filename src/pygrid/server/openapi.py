@@ -88,7 +88,18 @@ def build_openapi(app: Flask, title: str) -> dict[str, Any]:
                 if spec.response is not None:
                     ok["content"] = {spec.content: {"schema": _schema(spec.response, components)}}
                 responses[str(spec.status)] = ok
-                if spec.worker:
+                if getattr(spec, "session", False):
+                    # A dashboard page: HTML, the session cookie, a CSRF token on every form.
+                    ok["content"] = {"text/html": {"schema": {"type": "string"}}}
+                    if not spec.public:
+                        op["security"] = [{"session": []}]
+                        responses["302"] = {"description": "not logged in: to the log-in page"}
+                    if spec.permission is not None:
+                        op["x-permission"] = str(spec.permission)
+                        responses["403"] = {
+                            "description": f"needs the {spec.permission} permission"
+                        }
+                elif spec.worker:
                     op["security"] = [{"worker": []}]
                     responses["401"] = _error("missing, invalid, expired or revoked worker token")
                 elif not spec.public:
@@ -110,6 +121,7 @@ def build_openapi(app: Flask, title: str) -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "worker": {"type": "http", "scheme": "bearer", "bearerFormat": "pgw_<id>_<secret>"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "pygrid_<app>_<id>_session"},
             },
         },
     }
