@@ -12,15 +12,16 @@ from flask import Blueprint, current_app
 from flask.blueprints import BlueprintSetupState
 from pydantic import BaseModel, Field, field_validator
 
+from pygrid.data_centric.datasets import MAX_TAGS, parse_tags
 from pygrid.data_centric.specs import Strict
+from pygrid.errors import InvalidInput
 from pygrid.network import search
 from pygrid.server.database import db_session
 from pygrid.server.endpoint import endpoint
 
 bp = Blueprint("network_search", __name__)
 
-MAX_TAGS = 20
-MAX_TAG_LENGTH = 64
+MAX_TAG_LENGTH = 50  # the Nodes' rule (pygrid.data_centric.datasets.parse_tags)
 Timeout = Annotated[float, Field(ge=0.1, le=30)]
 
 
@@ -43,12 +44,11 @@ class DatasetQuery(Strict):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: str) -> str:
-        tags = [tag.strip().lower() for tag in value.split(",") if tag.strip()]
-        if len(tags) > MAX_TAGS:
-            raise ValueError(f"at most {MAX_TAGS} tags")
-        if any(len(tag) > MAX_TAG_LENGTH for tag in tags):
-            raise ValueError(f"a tag has at most {MAX_TAG_LENGTH} characters")
-        return ",".join(dict.fromkeys(tags))
+        # The Nodes' own rule: a tag the Nodes would refuse must not reach them in a live search.
+        try:
+            return ",".join(parse_tags(value))
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
 
     @property
     def tag_list(self) -> list[str]:
