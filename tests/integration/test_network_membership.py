@@ -563,18 +563,18 @@ def test_a_removed_node_stops_and_will_not_rejoin_with_the_same_token(
 def test_one_process_per_data_dir_talks_and_the_other_takes_over_on_stop(
     scripted: ScriptedNetwork, tmp_path: Path
 ) -> None:
-    with (
-        member(tmp_path, scripted.url) as first,
-        member(tmp_path, scripted.url, lock_retry_seconds=0.05) as second,
-    ):
-        wait_for("a heartbeat", lambda: scripted.sent("/registry/heartbeat"))
-        assert first.holds_lock and not second.holds_lock
+    with member(tmp_path, scripted.url) as first:
+        # The first one started holds the lock before the second tries for it (no race).
+        wait_for("the first to take the lock", lambda: first.holds_lock)
+        with member(tmp_path, scripted.url, lock_retry_seconds=0.05) as second:
+            wait_for("a heartbeat", lambda: scripted.sent("/registry/heartbeat"))
+            assert first.holds_lock and not second.holds_lock
 
-        first.stop()
+            first.stop()
 
-        wait_for("the take-over", lambda: second.holds_lock)
-        left = len(scripted.sent("/registry/heartbeat"))
-        wait_for("heartbeats again", lambda: len(scripted.sent("/registry/heartbeat")) > left)
+            wait_for("the take-over", lambda: second.holds_lock)
+            left = len(scripted.sent("/registry/heartbeat"))
+            wait_for("heartbeats again", lambda: len(scripted.sent("/registry/heartbeat")) > left)
 
     assert len(scripted.sent("/registry/join")) == 1
     assert len(scripted.sent("/registry/leave")) == 2  # one per stop, each by the lock holder

@@ -6,53 +6,55 @@ not let anyone present it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pygrid.auth.opaque import hash_secret, new_secret, parse_token, secret_matches, token_text
 from pygrid.data_centric import audit
 from pygrid.db.models import User, WorkerToken, utcnow
 from pygrid.errors import NotFound, Unauthorized
 
 PREFIX = "pgw_"
-_FORMAT = re.compile(r"^pgw_(\d{1,18})_([A-Za-z0-9_-]{20,100})$")
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def create_token(
     session: Session, creator: User, name: str, expires_in_days: int | None
 ) -> tuple[WorkerToken, str]:
     """A new token row and the token text (the only time it exists in clear)."""
-    secret = secrets.token_urlsafe(32)
     expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+    return _mint(session, creator, name, expires_at)
+
+
+def _mint(
+    session: Session, creator: User | None, name: str, expires_at: datetime | None
+) -> tuple[WorkerToken, str]:
+    secret = new_secret()
     token = WorkerToken(
-        name=name, secret_hash=_hash(secret), created_by=creator.id, expires_at=expires_at
+        name=name,
+        secret_hash=hash_secret(secret),
+        created_by=creator.id if creator is not None else None,
+        expires_at=expires_at,
     )
     session.add(token)
     session.flush()
     audit.record(session, "worker_token.create", creator, token_id=token.id, name=name)
     session.commit()
-    return token, f"{PREFIX}{token.id}_{secret}"
+    return token, token_text(PREFIX, token.id, secret)
 
 
 def authenticate(session: Session, text: str) -> WorkerToken:
     """The live token ``text`` names; Unauthorized (one message for forged or unknown) if none."""
-    match = _FORMAT.match(text)
-    if match is None:
+    parsed = parse_token(PREFIX, text)
+    if parsed is None:
         raise Unauthorized(
             "this route needs a worker token (pgw_...) from pygrid worker-token create"
         )
-    token = session.get(WorkerToken, int(match.group(1)))
-    if token is None or not hmac.compare_digest(token.secret_hash, _hash(match.group(2))):
+    token_id, secret = parsed
+    token = session.get(WorkerToken, token_id)
+    if token is None or not secret_matches(token.secret_hash, secret):
         raise Unauthorized("worker token is invalid")
     if token.revoked_at is not None:
         raise Unauthorized(
@@ -100,13 +102,7 @@ def create_system_token(session: Session, name: str) -> tuple[WorkerToken, str]:
 
     Audited as the system; otherwise a token like any other (listed, revocable).
     """
-    secret = secrets.token_urlsafe(32)
-    token = WorkerToken(name=name, secret_hash=_hash(secret), created_by=None, expires_at=None)
-    session.add(token)
-    session.flush()
-    audit.record(session, "worker_token.create", None, token_id=token.id, name=name)
-    session.commit()
-    return token, f"{PREFIX}{token.id}_{secret}"
+    return _mint(session, None, name, None)
 
 
 def live_tokens_named(session: Session, name: str) -> list[WorkerToken]:

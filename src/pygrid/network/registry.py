@@ -10,8 +10,6 @@ compare-and-set UPDATEs or a primary-key INSERT: whoever loses gets a clear 4xx,
 
 from __future__ import annotations
 
-import re
-import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,12 +18,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pygrid.auth.opaque import hash_secret, is_secret_text, new_secret
 from pygrid.db.models import GridNode, utcnow
 from pygrid.errors import PyGridError
 from pygrid.network import tokens
 
 CREDENTIAL_PREFIX = "pgn_"
-_CREDENTIAL = re.compile(r"^pgn_[A-Za-z0-9_-]{20,100}$")
 # Same shape as a server id (ServerSettings.id): it is also a path segment of /nodes/<id>/...
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NodeId = Annotated[str, Field(min_length=1, max_length=64, pattern=NODE_ID_PATTERN)]
@@ -223,10 +221,6 @@ def route_target(session: Session, node_id: str, now: datetime | None = None) ->
 # ---- join, heartbeat, leave, remove -----------------------------------------------------------
 
 
-def _hash_credential(credential: str) -> str:
-    return tokens.hash_secret(credential)
-
-
 def join(
     session: Session,
     join_token: str,
@@ -248,9 +242,9 @@ def join(
     existing = session.get(GridNode, node_id)
     if existing is not None and existing.removed_at is None:
         raise _taken(node_id)
-    credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    credential = CREDENTIAL_PREFIX + new_secret()
     values: dict[str, Any] = {
-        "credential_hash": _hash_credential(credential),
+        "credential_hash": hash_secret(credential),
         "url": url.rstrip("/"),
         "heartbeat_seconds": heartbeat_seconds,
         "catalogue": published,
@@ -296,9 +290,9 @@ def _taken(node_id: str) -> NodeIdTaken:
 def authenticate(session: Session, credential: str, node_id: str) -> GridNode:
     """The Node holding ``credential``, which must be ``node_id`` and not removed."""
     node = None
-    if _CREDENTIAL.match(credential):
+    if is_secret_text(CREDENTIAL_PREFIX, credential):
         node = session.scalar(
-            select(GridNode).where(GridNode.credential_hash == _hash_credential(credential))
+            select(GridNode).where(GridNode.credential_hash == hash_secret(credential))
         )
     if node is None:
         raise UnknownCredential(

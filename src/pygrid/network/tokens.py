@@ -7,21 +7,17 @@ compare-and-set UPDATE, so two Nodes racing for the last use cannot both get it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from pygrid.auth.opaque import hash_secret, new_secret, parse_token, secret_matches, token_text
 from pygrid.db.models import JoinToken, User, utcnow
 from pygrid.errors import NotFound, PyGridError
 
 PREFIX = "pgj_"
-_FORMAT = re.compile(r"^pgj_(\d{1,18})_([A-Za-z0-9_-]{20,100})$")
 HOW_TO_GET_ONE = "ask the Network's admin for a new one (pygrid network-token create)"
 
 
@@ -36,11 +32,6 @@ class InvalidJoinToken(PyGridError):
         super().__init__(message, {"code": self.code})
 
 
-def hash_secret(secret: str) -> str:
-    """The SHA-256 hex digest the database keeps instead of a secret."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def create_token(
     session: Session,
     creator: User | None,
@@ -51,7 +42,7 @@ def create_token(
 ) -> tuple[JoinToken, str]:
     """A new token row and the token text (the only time it exists in clear)."""
     now = now or utcnow()
-    secret = secrets.token_urlsafe(32)
+    secret = new_secret()
     token = JoinToken(
         name=name,
         secret_hash=hash_secret(secret),
@@ -62,17 +53,18 @@ def create_token(
     )
     session.add(token)
     session.commit()
-    return token, f"{PREFIX}{token.id}_{secret}"
+    return token, token_text(PREFIX, token.id, secret)
 
 
 def check(session: Session, text: str, now: datetime | None = None) -> JoinToken:
     """The live token ``text`` names, without spending it; InvalidJoinToken saying why if none."""
     now = now or utcnow()
-    match = _FORMAT.match(text)
-    if match is None:
+    parsed = parse_token(PREFIX, text)
+    if parsed is None:
         raise InvalidJoinToken(f"this is not a join token (pgj_...); {HOW_TO_GET_ONE}")
-    token = session.get(JoinToken, int(match.group(1)))
-    if token is None or not hmac.compare_digest(token.secret_hash, hash_secret(match.group(2))):
+    token_id, secret = parsed
+    token = session.get(JoinToken, token_id)
+    if token is None or not secret_matches(token.secret_hash, secret):
         # One message for unknown and forged: a stranger learns nothing about which ids exist.
         raise InvalidJoinToken(f"join token is invalid; {HOW_TO_GET_ONE}")
     _refuse_dead(token, now)

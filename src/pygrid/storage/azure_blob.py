@@ -24,12 +24,11 @@ from pygrid.storage.base import (
     BlobNotFound,
     BlobStore,
     Data,
-    InvalidBlobKey,
     StoreUnavailable,
     is_valid_key,
     prefixed_key,
     split_store_url,
-    validate_key,
+    store_prefix,
     validate_prefix,
 )
 
@@ -88,12 +87,7 @@ class AzureBlobStore(BlobStore):
             raise ValueError(f"invalid Azure storage account name: {account!r}")
         if not _CONTAINER.match(container or ""):
             raise ValueError(f"invalid Azure container name: {container!r}")
-        prefix = prefix.strip("/")
-        if prefix:
-            try:
-                validate_key(prefix)
-            except InvalidBlobKey as exc:
-                raise ValueError(f"invalid Azure blob prefix {prefix!r}: {exc}") from None
+        prefix = store_prefix(prefix, "Azure blob prefix")
         # azure-storage-blob is the `azure` extra: import it only when the store is really used.
         import azure.core.exceptions
         from azure.storage.blob import BlobServiceClient
@@ -101,7 +95,7 @@ class AzureBlobStore(BlobStore):
         self._errors = azure.core.exceptions
         self.account = account
         self.container = container
-        self.prefix = prefix + "/" if prefix else ""
+        self.prefix = prefix
         self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
         # Bounded memory: reads and writes move CHUNK_SIZE at a time.
         options: dict[str, Any] = {

@@ -136,6 +136,18 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def store_prefix(prefix: str, what: str) -> str:
+    """A cloud store's key prefix as stored: ``""`` or ``"a/b/"``; ValueError naming ``what``."""
+    prefix = prefix.strip("/")
+    if not prefix:
+        return ""
+    try:
+        validate_key(prefix)
+    except InvalidBlobKey as exc:
+        raise ValueError(f"invalid {what} {prefix!r}: {exc}") from None
+    return prefix + "/"
+
+
 def prefixed_key(prefix: str, key: str) -> str:
     """``prefix + key`` for a cloud store, checked: a valid key within MAX_KEY_BYTES."""
     name = prefix + validate_key(key)

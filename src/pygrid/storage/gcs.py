@@ -15,12 +15,11 @@ from pygrid.storage.base import (
     BlobNotFound,
     BlobStore,
     Data,
-    InvalidBlobKey,
     StoreUnavailable,
     is_valid_key,
     prefixed_key,
     split_store_url,
-    validate_key,
+    store_prefix,
     validate_prefix,
 )
 
@@ -83,12 +82,7 @@ class GCSBlobStore(BlobStore):
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"invalid GCS bucket name: {bucket!r}")
-        prefix = prefix.strip("/")
-        if prefix:
-            try:
-                validate_key(prefix)
-            except InvalidBlobKey as exc:
-                raise ValueError(f"invalid GCS object prefix {prefix!r}: {exc}") from None
+        prefix = store_prefix(prefix, "GCS object prefix")
         # google-cloud-storage is the `gcp` extra: import it only when a GCS store is really used.
         import google.api_core.exceptions
         from google.cloud.storage import Client
@@ -116,7 +110,7 @@ class GCSBlobStore(BlobStore):
         self._client = client
         self._bucket = client.bucket(bucket)
         self.bucket = bucket
-        self.prefix = prefix + "/" if prefix else ""
+        self.prefix = prefix
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> GCSBlobStore:

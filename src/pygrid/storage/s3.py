@@ -9,12 +9,11 @@ from pygrid.storage.base import (
     BlobNotFound,
     BlobStore,
     Data,
-    InvalidBlobKey,
     StoreUnavailable,
     is_valid_key,
     prefixed_key,
     split_store_url,
-    validate_key,
+    store_prefix,
     validate_prefix,
 )
 
@@ -61,14 +60,9 @@ class S3BlobStore(BlobStore):
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"invalid S3 bucket name: {bucket!r}")
-        prefix = prefix.strip("/")
-        if prefix:
-            try:
-                validate_key(prefix)
-            except InvalidBlobKey as exc:
-                raise ValueError(f"invalid S3 key prefix {prefix!r}: {exc}") from None
+        prefix = store_prefix(prefix, "S3 key prefix")
         self.bucket = bucket
-        self.prefix = prefix + "/" if prefix else ""
+        self.prefix = prefix
         if client is None:
             # boto3 is the `aws` extra: import it only when an S3 store is really used.
             import boto3
